@@ -1,0 +1,137 @@
+"""The one small interface every distillation method implements, and the method registry.
+
+A method is a function ``(task: DistillTask, params: P) -> CondensedSet`` registered with
+``@register_method("name", params=P)``, where ``P`` is a dataclass of its hyper-parameters with
+the reference defaults. Methods never see the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from medbench import hparams
+from medbench.data.splits import Split
+from medbench.models import ModelSpec
+from medbench.registry import Registry
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class CondensedSet:
+    """What a method returns: a small training set in the normalised space of the real data."""
+
+    images: torch.Tensor  # float32 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,) hard labels, or float (N, num_classes) soft labels
+    lr: float | None = None  # a learned evaluation learning rate, if the method learns one
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. a ZCA transform
+    info: dict[str, Any] = field(default_factory=dict)  # plain facts worth storing (chosen iteration…)
+
+    def __post_init__(self) -> None:
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError("condensed images and labels differ in length")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def detach(self) -> CondensedSet:
+        return dataclasses.replace(self, images=self.images.detach().float().cpu(),
+                                   labels=self.labels.detach().cpu())
+
+
+@dataclass(frozen=True)
+class DistillTask:
+    """Everything a method may use: training and validation data, never the test split."""
+
+    train: Split  # uint8 images on ``device``
+    val: Split
+    num_classes: int
+    ipc: int
+    seed: int
+    device: torch.device
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 -> normalised float
+    model: ModelSpec = field(default_factory=ModelSpec)
+    checkpoint_dir: Path | None = None  # where a long method may save state to resume from
+    progress: Callable[[int, int], None] | None = None  # (done, total) for progress bars
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+    @cached_property
+    def class_indices(self) -> list[torch.Tensor]:
+        """Training indices of each class, built once and kept on the device."""
+        return [torch.nonzero(self.train.labels == c).flatten() for c in range(self.num_classes)]
+
+    def real(self, indices: torch.Tensor) -> torch.Tensor:
+        """Normalised float training images at ``indices``."""
+        return self.normalize(self.train.images[indices])
+
+    def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` normalised images of class ``c`` drawn without replacement (all if fewer)."""
+        pool = self.class_indices[c]
+        order = torch.randperm(len(pool), generator=generator, device="cpu")[:n].to(pool.device)
+        return self.real(pool[order])
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model.build(self.channels, self.num_classes, self.size).to(self.device)
+
+    def report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without hyper-parameters."""
+
+
+@dataclass(frozen=True)
+class Method(Generic[P]):
+    name: str
+    run: Callable[[DistillTask, P], CondensedSet]
+    params: type[P]
+    description: str
+    uses_ipc: bool = True  # False for "full": IPC is ignored and reported as "full"
+
+    def make_params(self, values: Mapping[str, Any] | None = None) -> P:
+        return hparams.build(self.params, values, context=f"method {self.name}")
+
+
+METHODS: Registry[Method] = Registry("method", entry_point_group="medbench.methods")
+
+
+def register_method(name: str, *, params: type = NoParams, uses_ipc: bool = True) -> Callable:
+    """Register ``fn(task, params) -> CondensedSet`` under ``name``; its docstring's first line
+    is the description ``medbench methods`` shows."""
+
+    def wrap(_name: str, fn: Callable) -> Method:
+        description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        return Method(name, fn, params, description, uses_ipc)
+
+    return METHODS.decorator(name, wrap)
+
+
+def _builtin() -> None:
+    import medbench.methods  # noqa: F401  (imports every built-in method module)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    _builtin()
+    return METHODS.names(pattern)
+
+
+def get_method(name: str) -> Method:
+    _builtin()
+    return METHODS.get(name)

@@ -1,0 +1,36 @@
+"""Model registry: ``@register_model("name")`` over ``factory(channels, num_classes, size, **kw)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from medbench.registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model", entry_point_group="medbench.models")
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    return MODELS.decorator(name, lambda _name, factory: factory)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return MODELS.names(pattern)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network to build and with what options; everything else comes from the data."""
+
+    name: str = "convnet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, channels: int, num_classes: int, size: int) -> nn.Module:
+        return MODELS.get(self.name)(channels=channels, num_classes=num_classes, size=size, **self.options)
+
+
+from medbench.models import convnet as _convnet  # noqa: E402,F401  (registers the built-in models)

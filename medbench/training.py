@@ -1,0 +1,82 @@
+"""Plain supervised training and batched prediction, shared by the protocol and by methods
+that pick checkpoints on validation accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for hard (int) or soft (probability) labels."""
+    return F.cross_entropy(logits, labels if labels.is_floating_point() else labels.long())
+
+
+def train_network(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    generator: torch.Generator,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 256,
+    augment: Augment | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> nn.Module:
+    """SGD on (images, labels) for ``epochs``, learning rate × 0.1 at half the epochs.
+
+    The schedule is the one of the DC/DSA/DM/MTT evaluation code. ``generator`` (CPU) fixes the
+    data order and augmentation draws, so one seed gives one run.
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = images.shape[0]
+    for epoch in range(epochs):
+        if epoch == epochs // 2 and epochs > 1:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.1
+        order = torch.randperm(n, generator=generator).to(images.device)
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            x = images[batch]
+            if augment is not None:
+                x = augment(x, generator)
+            loss = loss_fn(model(x), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+    return model
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Softmax probabilities over ``images`` in batches; ``prepare`` turns a raw batch into input."""
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        out.append(torch.softmax(model(prepare(x) if prepare else x).float(), dim=1))
+    model.train()
+    return torch.cat(out).cpu()
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    probs = predict_proba(model, images, prepare=prepare)
+    return float((probs.argmax(1) == labels.cpu()).float().mean())
