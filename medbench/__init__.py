@@ -1,5 +1,6 @@
 """medbench: a benchmark suite for dataset distillation on medical images."""
 
+from medbench.api import results, run
 from medbench.data import list_datasets, load_dataset, register_dataset
 from medbench.errors import DataError, MedbenchError
 from medbench.method import CondensedSet, DistillTask, get_method, list_methods, register_method
@@ -20,4 +21,6 @@ __all__ = [
     "register_dataset",
     "register_method",
     "register_model",
+    "results",
+    "run",
 ]

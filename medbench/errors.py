@@ -9,3 +9,8 @@ class MedbenchError(Exception):
 
 class DataError(MedbenchError):
     """A dataset file is missing or does not have the expected layout."""
+
+
+class CellFailed(MedbenchError):
+    """A method could not finish one cell (for example it diverged). The cell is stored as
+    failed with this message and the grid goes on with the next cell."""

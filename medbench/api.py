@@ -1,0 +1,58 @@
+"""The Python API, mirroring ``medbench run`` and ``medbench results``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medbench import hparams
+from medbench.data.catalog import DEFAULT_DATA_ROOT
+from medbench.evaluation import Protocol
+from medbench.harness.grid import DEFAULT_DB, GridSpec
+from medbench.harness.runner import run_grid
+from medbench.storage.store import Store
+from medbench.summary import summarize
+
+
+def _seq(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def run(
+    methods: str | Sequence[str] = ("random",),
+    datasets: str | Sequence[str] = ("bloodmnist",),
+    ipc: int | Sequence[int] = (1, 10, 50),
+    seeds: int | Sequence[int] = (0,),
+    *,
+    size: int | None = None,
+    method_args: Mapping[str, Mapping[str, Any]] | None = None,
+    data_root: str | Path = DEFAULT_DATA_ROOT,
+    download: bool = False,
+    db: str | Path = DEFAULT_DB,
+    device: str = "auto",
+    retry_failed: bool = False,
+    progress: bool = False,
+    **protocol: Any,
+) -> pd.DataFrame:
+    """Run a grid and return one row per cell (metrics as mean and std over the eval models).
+
+    ``protocol`` takes any field of :class:`medbench.evaluation.Protocol`, e.g. ``eval_models=5,
+    epochs=300``. Cells already in ``db`` are not run again.
+    """
+    spec = GridSpec(
+        methods=_seq(methods), datasets=_seq(datasets), ipcs=_seq(ipc), seeds=_seq(seeds), size=size,
+        method_args={k: dict(v) for k, v in (method_args or {}).items()},
+        protocol=hparams.build(Protocol, protocol, context="protocol"),
+        data_root=Path(data_root).expanduser(), download=download, db=Path(db), device=device,
+        retry_failed=retry_failed,
+    )
+    return run_grid(spec, progress=progress)
+
+
+def results(db: str | Path = DEFAULT_DB) -> pd.DataFrame:
+    """Every stored cell of ``db``."""
+    with Store(db) as store:
+        return summarize(store)

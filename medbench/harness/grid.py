@@ -1,0 +1,119 @@
+"""A grid is a list of independent cells: (method, dataset, size, IPC, seed) under one protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES, is_path_reference
+from medbench.errors import MedbenchError
+from medbench.evaluation import Protocol
+from medbench.hparams import as_dict
+from medbench.method import get_method
+
+DEFAULT_DB = Path("results/medbench.sqlite")
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    dataset: str  # a registered name, or the absolute path of an npz file
+    size: int | None  # None: the file's own size
+    ipc: int | None  # None: the method ignores IPC
+    seed: int
+    params: dict[str, Any]  # the method's complete hyper-parameters, defaults included
+    protocol: Protocol
+
+    @property
+    def protocol_id(self) -> str:
+        return _digest(asdict(self.protocol))
+
+    @property
+    def cell_id(self) -> str:
+        return _digest([self.method, self.dataset, self.size, self.ipc, self.seed, self.params,
+                        asdict(self.protocol)])
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} · {Path(self.dataset).stem} · ipc {self.ipc or 'full'} · seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Everything one ``medbench run`` needs; the CLI and ``medbench.run`` both build one."""
+
+    methods: tuple[str, ...] = ("random",)
+    datasets: tuple[str, ...] = ("bloodmnist",)
+    ipcs: tuple[int, ...] = (1, 10, 50)
+    seeds: tuple[int, ...] = (0,)
+    size: int | None = None
+    method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: Protocol = field(default_factory=Protocol)
+    data_root: Path = DEFAULT_DATA_ROOT
+    download: bool = False
+    db: Path = DEFAULT_DB
+    device: str = "auto"
+    retry_failed: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MedbenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise MedbenchError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedbenchError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def _dataset_key(ref: str, size: int | None) -> str:
+    """Check a dataset reference before any work starts; paths become absolute."""
+    if ref in DATASETS or not is_path_reference(ref):
+        source = DATASETS.get(ref)
+        if source.unsupported:
+            raise MedbenchError(f"{ref} is not supported: {source.unsupported}")
+        if size is not None and source.sizes and size not in source.sizes:
+            raise MedbenchError(f"{ref}: size {size} is not available; choose one of {source.sizes}")
+        return ref
+    path = Path(ref).expanduser().resolve()
+    if not path.is_file():
+        raise MedbenchError(f"{ref}: no such dataset file (and no registered dataset of that name)")
+    return str(path)
+
+
+def expand(spec: GridSpec) -> list[Cell]:
+    """Validate the whole grid up front, then list its cells in a stable order."""
+    if not spec.methods or not spec.datasets or not spec.seeds:
+        raise MedbenchError("a grid needs at least one method, one dataset and one seed")
+    if any(ipc < 1 for ipc in spec.ipcs):
+        raise MedbenchError(f"IPC must be at least 1, got {', '.join(map(str, spec.ipcs))}")
+    if spec.size is not None and spec.size < 8:
+        raise MedbenchError(f"size {spec.size} is too small (MedMNIST sizes: {MEDMNIST_SIZES})")
+    stray = sorted(set(spec.method_args) - set(spec.methods))
+    if stray:
+        raise MedbenchError(f"method arguments given for {', '.join(stray)}, which is not in the grid")
+    methods = {name: get_method(name) for name in spec.methods}
+    params = {name: as_dict(m.make_params(spec.method_args.get(name))) for name, m in methods.items()}
+    if any(m.uses_ipc for m in methods.values()) and not spec.ipcs:
+        raise MedbenchError("no IPC given")
+    datasets = [_dataset_key(ref, spec.size) for ref in spec.datasets]
+    cells = []
+    for dataset in datasets:
+        for name, method in methods.items():
+            for ipc in spec.ipcs if method.uses_ipc else [None]:
+                for seed in spec.seeds:
+                    cells.append(Cell(name, dataset, spec.size, ipc, seed, params[name], spec.protocol))
+    return cells

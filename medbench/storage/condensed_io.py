@@ -1,0 +1,50 @@
+"""Condensed sets on disk: an npz in the MedMNIST layout, written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medbench.data.splits import Splits
+from medbench.method import CondensedSet
+
+
+def save_condensed(path: Path, condensed: CondensedSet, splits: Splits) -> int:
+    """Write ``train_images`` (uint8, MedMNIST layout) and ``train_labels`` (N×1), plus the exact
+    float32 images, the learned lr and any extras. Returns the file size in bytes."""
+    images = condensed.images.detach().float().cpu()
+    as_uint8 = splits.denormalize(images).permute(0, 2, 3, 1).numpy()
+    if as_uint8.shape[-1] == 1:
+        as_uint8 = as_uint8[..., 0]
+    labels = condensed.labels.detach().cpu()
+    arrays = {
+        "train_images": as_uint8,
+        "train_labels": (labels.argmax(1) if labels.is_floating_point() else labels).reshape(-1, 1).numpy(),
+        "images_float32": images.numpy(),
+        "norm_mean": np.asarray(splits.mean, dtype=np.float32),
+        "norm_std": np.asarray(splits.std, dtype=np.float32),
+    }
+    if labels.is_floating_point():
+        arrays["soft_labels"] = labels.float().numpy()
+    if condensed.lr is not None:
+        arrays["learned_lr"] = np.asarray(condensed.lr, dtype=np.float64)
+    for name, tensor in condensed.extras.items():
+        arrays[f"extra_{name}"] = tensor.detach().cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:  # a file handle stops numpy appending a second ".npz"
+        np.savez_compressed(fh, **arrays)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def load_condensed(path: Path) -> CondensedSet:
+    with np.load(path, allow_pickle=False) as npz:
+        labels = torch.from_numpy(npz["soft_labels"]) if "soft_labels" in npz.files else \
+            torch.from_numpy(npz["train_labels"].reshape(-1).astype(np.int64))
+        lr = float(npz["learned_lr"]) if "learned_lr" in npz.files else None
+        extras = {k[len("extra_"):]: torch.from_numpy(npz[k]) for k in npz.files if k.startswith("extra_")}
+        return CondensedSet(torch.from_numpy(npz["images_float32"]), labels, lr=lr, extras=extras)

@@ -1,0 +1,159 @@
+"""The results store: one SQLite file, one row per evaluated cell, one per eval model and metric.
+
+A cell is written in a single transaction together with its scores, so a killed run never
+leaves a half-written cell; a cell already stored is skipped on the next run (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from medbench.errors import MedbenchError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    size INTEGER,
+    ipc INTEGER,                 -- NULL: the method ignores IPC (the full training set)
+    seed INTEGER NOT NULL,
+    protocol_id TEXT NOT NULL,   -- hash of the evaluation protocol: never compare across it silently
+    status TEXT NOT NULL,        -- done | failed
+    message TEXT,
+    config TEXT NOT NULL,        -- JSON: method params, protocol, dataset facts and stats
+    environment TEXT NOT NULL,   -- JSON: package versions, git commit, device
+    distill_seconds REAL,
+    eval_seconds REAL,
+    condensed_images INTEGER,
+    condensed_bytes INTEGER,
+    compression_ratio REAL,
+    condensed_path TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS eval_models (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE,
+    model_index INTEGER NOT NULL,
+    model_seed INTEGER NOT NULL,
+    lr REAL NOT NULL,
+    epochs INTEGER NOT NULL,
+    train_seconds REAL NOT NULL,
+    PRIMARY KEY (cell_id, model_index)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE,
+    model_index INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (cell_id, model_index, split, metric)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    index: int
+    seed: int
+    lr: float
+    epochs: int
+    train_seconds: float
+    scores: dict[str, dict[str, float]]  # split -> metric -> value
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    cell_id: str
+    method: str
+    dataset: str
+    size: int | None
+    ipc: int | None
+    seed: int
+    protocol_id: str
+    config: dict
+    environment: dict
+    status: str = "done"
+    message: str = ""
+    distill_seconds: float | None = None
+    eval_seconds: float | None = None
+    condensed_images: int | None = None
+    condensed_bytes: int | None = None
+    compression_ratio: float | None = None
+    condensed_path: str | None = None
+    models: list[ModelRow] = field(default_factory=list)
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=30)
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise MedbenchError(f"{self.path}: cannot open the results database ({exc})") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def status(self, cell_id: str) -> str | None:
+        row = self._conn.execute("SELECT status FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+        return row[0] if row else None
+
+    def write(self, record: CellRecord) -> None:
+        """Insert (or replace) one cell with all its scores, atomically."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._conn:  # one transaction: the cell and its scores land together or not at all
+            self._conn.execute("DELETE FROM cells WHERE cell_id = ?", (record.cell_id,))
+            self._conn.execute(
+                "INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.cell_id, record.method, record.dataset, record.size, record.ipc, record.seed,
+                    record.protocol_id, record.status, record.message,
+                    json.dumps(record.config, sort_keys=True, default=str),
+                    json.dumps(record.environment, sort_keys=True, default=str),
+                    record.distill_seconds, record.eval_seconds, record.condensed_images,
+                    record.condensed_bytes, record.compression_ratio, record.condensed_path, now,
+                ),
+            )
+            for model in record.models:
+                self._conn.execute(
+                    "INSERT INTO eval_models VALUES (?,?,?,?,?,?)",
+                    (record.cell_id, model.index, model.seed, model.lr, model.epochs, model.train_seconds),
+                )
+                self._conn.executemany(
+                    "INSERT INTO scores VALUES (?,?,?,?,?)",
+                    [
+                        (record.cell_id, model.index, split, metric,
+                         None if value is None or math.isnan(value) else float(value))
+                        for split, metrics in model.scores.items()
+                        for metric, value in metrics.items()
+                    ],
+                )
+
+    def cells(self, cell_ids: list[str] | None = None) -> pd.DataFrame:
+        df = pd.read_sql_query("SELECT * FROM cells ORDER BY dataset, method, ipc, seed", self._conn)
+        return df if cell_ids is None else df[df.cell_id.isin(cell_ids)]
+
+    def scores(self, cell_ids: list[str] | None = None) -> pd.DataFrame:
+        """Tidy scores: one row per cell, eval model, split and metric."""
+        df = pd.read_sql_query(
+            "SELECT s.*, m.model_seed, m.lr, m.epochs, m.train_seconds FROM scores s "
+            "JOIN eval_models m USING (cell_id, model_index)",
+            self._conn,
+        )
+        return df if cell_ids is None else df[df.cell_id.isin(cell_ids)]
