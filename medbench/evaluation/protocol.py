@@ -13,12 +13,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data.splits import Splits
 from medbench.evaluation.metrics import classification_metrics
 from medbench.hparams import check
 from medbench.method import CondensedSet
 from medbench.models import ModelSpec
-from medbench.training import predict_proba, train_network
+from medbench.training import Augment, predict_proba, train_network
+
+
+def _dsa(channels: int) -> Augment:
+    return SiameseAugment(AugmentConfig(), channels)
+
+
+# Evaluation-time augmentation by name: a factory from the number of channels to an augment.
+EVAL_AUGMENTS: dict[str, Callable[[int], Augment | None]] = {"none": lambda channels: None, "dsa": _dsa}
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class Protocol:
     weight_decay: float = 5e-4
     batch_size: int = 256
     eval_models: int = 5
-    augment: str = "none"
+    augment: str = "none"  # "dsa": DSA's augmentation (per-image draws) while training on the set
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1 and self.full_epochs >= 1, "epochs must be at least 1")
@@ -45,7 +54,8 @@ class Protocol:
         check(self.batch_size >= 1, "batch size must be at least 1")
         check(self.eval_models >= 1, "eval models must be at least 1")
         check(self.width >= 1 and (self.depth is None or self.depth >= 1), "width and depth must be ≥ 1")
-        check(self.augment == "none", f"unknown eval augmentation {self.augment!r}; available: none")
+        check(self.augment in EVAL_AUGMENTS,
+              f"unknown eval augmentation {self.augment!r}; available: {', '.join(EVAL_AUGMENTS)}")
 
     def model_spec(self) -> ModelSpec:
         options = {"width": self.width, "depth": self.depth, "norm": self.norm}
@@ -88,6 +98,7 @@ def evaluate(
     spec = protocol.model_spec()
     seeds = model_seeds(seed, protocol.eval_models)
     total_epochs = epochs * len(seeds)
+    augment = EVAL_AUGMENTS[protocol.augment](splits.channels)
 
     trained = []
     for k, model_seed in enumerate(seeds):
@@ -99,7 +110,7 @@ def evaluate(
         train_network(
             model, images, labels, epochs=epochs, lr=lr, generator=generator,
             momentum=protocol.momentum, weight_decay=protocol.weight_decay, batch_size=protocol.batch_size,
-            on_epoch=(lambda e, k=k: on_epoch(k * epochs + e, total_epochs)) if on_epoch else None,
+            augment=augment, on_epoch=(lambda e, k=k: on_epoch(k * epochs + e, total_epochs)) if on_epoch else None,
         )
         trained.append((k, model_seed, model, time.perf_counter() - start))
 
