@@ -1,3 +1,7 @@
 """Built-in distillation methods; importing a module registers its method."""
 
-from medbench.methods import full, random_selection  # noqa: F401
+from medbench.methods import (  # noqa: F401
+    full,
+    mtt,
+    random_selection,
+)

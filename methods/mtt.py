@@ -1,0 +1,448 @@
+"""MTT: dataset distillation by matching training trajectories (Cazenavette et al., CVPR 2022).
+
+From a random expert epoch ``i`` a student starts at ``θ_i`` and takes ``J = syn_steps`` SGD steps
+on mini-batches of the (augmented) synthetic images with a learnable step size ``α``; the loss
+
+    L = ‖θ̃_J − θ*_{i+K}‖² / ‖θ_i − θ*_{i+K}‖²        (K = expert_epochs)
+
+is back-propagated through all ``J`` steps to the images and to ``α``.
+
+Two implementations of that gradient (``implementation=``):
+
+* ``unrolled``: the reference: one autograd graph through all ``J`` steps; memory grows with ``J``.
+* ``tesla`` (default): the *exact* same gradient with activation memory independent of ``J``.
+  The forward pass keeps no graph. The backward pass runs the adjoint recursion of the unroll
+  ``θ_{j+1} = θ_j − α g_j(θ_j, X_j)`` in reverse, one step at a time, rebuilding only that step's
+  graph::
+
+      λ_J = ∂L/∂θ_J = 2 (θ_J − θ*) / ‖θ_i − θ*‖²
+      ∂L/∂X_j += −α (∂g_j/∂X_j)ᵀ λ_{j+1}       (vector-Jacobian product to the batch images)
+      ∂L/∂α  += −g_jᵀ λ_{j+1}
+      λ_j     = λ_{j+1} − α H_j λ_{j+1}          (H_j = ∂g_j/∂θ_j, a Hessian-vector product)
+
+  One double-backward graph exists at a time. The ``θ_j`` it needs are recomputed from
+  parameter-vector checkpoints every ``checkpoint_every`` steps (default ``⌈√J⌉``: O(√J)
+  parameter vectors, a few MB, and one extra first-order pass over the unroll).
+
+  This is exact (equal to ``unrolled`` up to floating-point rounding; the tests check it in
+  float64). TESLA (Cui et al., ICML 2023) as published is *not*: its code differentiates
+  ``(θ_J − θ*)ᵀ g_j`` w.r.t. ``X_j`` at a fixed ``θ_j`` and the loss w.r.t. ``α`` at fixed
+  ``g_j``, i.e. it uses ``λ_J`` for every step and drops the ``−α H_j λ`` terms through which an
+  early batch changes every later ``θ``. That is exact only for a loss linear in ``θ``
+  (``H = 0``) and otherwise an O(α·‖H‖) approximation. The name ``tesla`` is kept for the
+  memory idea (recompute per step, accumulate per-batch image gradients); the adjoint makes it
+  exact at the price of one Hessian-vector product per step, which the same double-backward
+  pass delivers together with the image VJP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from medbench.errors import MedbenchError
+from medbench.experts import (
+    EXPERTS_DIRNAME,
+    ZCA,
+    ExpertBuffer,
+    ExpertConfig,
+    FlatParams,
+    build_buffer,
+    build_seeded,
+    derived_seed,
+    make_augment,
+)
+from medbench.hparams import check
+from medbench.method import CondensedSet, DistillTask, register_method
+from medbench.training import accuracy, loss_fn, train_network
+
+STATE_FILE = "mtt_state.safetensors"
+
+
+class Diverged(MedbenchError):
+    """Distillation blew up (non-finite loss or images, or a learned lr that is no longer positive).
+
+    ``condensed`` is the last good result: the synthetic set chosen on validation accuracy among
+    the checkpoints evaluated before the blow-up, so a harness can record the failure and keep it.
+    """
+
+    def __init__(self, iteration: int, reason: str, condensed: CondensedSet | None) -> None:
+        super().__init__(f"diverged at iteration {iteration} ({reason})")
+        self.iteration = iteration
+        self.reason = reason
+        self.condensed = condensed
+
+
+@dataclass(frozen=True)
+class MTTParams:
+    """Hyper-parameters; defaults are the MTT reference's (CIFAR settings)."""
+
+    syn_steps: int = 20  # J: student steps per iteration
+    expert_epochs: int = 2  # K: target is K expert epochs after the start
+    max_start_epoch: int = 20  # the start epoch is drawn from [0, max_start_epoch)
+    lr_img: float = 1000.0  # reference for CIFAR; diverged on BloodMNIST in one run, 100 worked
+    lr_lr: float = 1e-5
+    lr_teacher: float = 0.01  # the experts' SGD lr and the initial learned lr α
+    momentum: float = 0.5  # SGD momentum for the images and for α
+    batch_syn: int | None = None  # None: all synthetic images in every step
+    iterations: int = 5000
+    init: Literal["real", "noise"] = "real"
+    augment: bool = True  # DSA in the student steps (and in expert training, as the reference)
+    zca: bool = False
+    implementation: Literal["tesla", "unrolled"] = "tesla"
+    checkpoint_every: int | None = None  # tesla: θ checkpoint spacing; None: ⌈√J⌉, 1: keep all
+    eval_every: int = 500  # evaluate (on val) and save a resumable checkpoint this often
+    eval_epochs: int = 300  # epochs of the quick network trained on the set to score it on val
+    # The expert buffer (trained once, reused across IPCs, seeds and runs).
+    buffer_dir: str | None = None  # a built buffer directory to use as is
+    experts_root: str | None = None  # cache root; None: $MEDBENCH_EXPERTS or ~/.medmnist/medbench_experts
+    num_experts: int = 100
+    buffer_epochs: int = 50  # E: epochs each expert is trained for
+    batch_train: int = 256  # expert training batch
+    expert_dtype: Literal["float32", "bfloat16"] = "float32"
+    expert_seed: int = 0  # fixed, so every run of a dataset shares one buffer
+
+    def __post_init__(self) -> None:
+        check(self.syn_steps >= 1, f"syn_steps must be at least 1, got {self.syn_steps}")
+        check(self.expert_epochs >= 1, f"expert_epochs must be at least 1, got {self.expert_epochs}")
+        check(self.max_start_epoch >= 1, f"max_start_epoch must be at least 1, got {self.max_start_epoch}")
+        check(self.max_start_epoch - 1 + self.expert_epochs <= self.buffer_epochs,
+              f"max_start_epoch {self.max_start_epoch} + expert_epochs {self.expert_epochs} - 1 exceeds "
+              f"the {self.buffer_epochs} epochs of the expert buffer")
+        for name in ("lr_img", "lr_lr", "lr_teacher"):
+            value = getattr(self, name)
+            check(value > 0 and math.isfinite(value), f"{name} must be positive, got {value}")
+        check(0.0 <= self.momentum < 1.0, f"momentum must lie in [0, 1), got {self.momentum}")
+        check(self.batch_syn is None or self.batch_syn >= 1, f"batch_syn must be at least 1, got {self.batch_syn}")
+        check(self.iterations >= 0, f"iterations must be non-negative, got {self.iterations}")
+        check(self.checkpoint_every is None or self.checkpoint_every >= 1,
+              f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        check(self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}")
+        check(self.eval_epochs >= 1, f"eval_epochs must be at least 1, got {self.eval_epochs}")
+        check(self.num_experts >= 1, f"num_experts must be at least 1, got {self.num_experts}")
+
+    def expert_config(self) -> ExpertConfig:
+        return ExpertConfig(num_experts=self.num_experts, epochs=self.buffer_epochs, lr=self.lr_teacher,
+                            batch_size=self.batch_train, augment=self.augment, zca=self.zca,
+                            dtype=self.expert_dtype, seed=self.expert_seed)
+
+
+# --- one unroll: plan, loss, gradients -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """What student step ``j`` uses, drawn before the unroll so both implementations agree."""
+
+    indices: torch.Tensor  # into the synthetic set
+    augment: Any | None  # augmentation parameters, or None
+
+
+def plan_unroll(n: int, batch: int, steps: int, generator: torch.Generator,
+                augment: Any | None = None, images: torch.Tensor | None = None) -> list[Step]:
+    """Mini-batches cycling through fresh permutations (as the reference) and per-image DSA draws."""
+    plan: list[Step] = []
+    chunks: list[torch.Tensor] = []
+    for _ in range(steps):
+        if not chunks:
+            chunks = list(torch.randperm(n, generator=generator).split(batch))
+        idx = chunks.pop(0)
+        params = None
+        if augment is not None and images is not None:
+            params = augment.sample(images[: len(idx)], generator, n=len(idx))
+        plan.append(Step(idx, params))
+    return plan
+
+
+@dataclass(frozen=True)
+class Match:
+    loss: float
+    grad_images: torch.Tensor
+    grad_lr: torch.Tensor
+
+
+def _batch(images: torch.Tensor, step: Step, augment: Any | None) -> torch.Tensor:
+    x = images[step.indices.to(images.device)]
+    return augment.apply(x, step.augment) if step.augment is not None else x
+
+
+def _step_grad(net: FlatParams, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               create_graph: bool) -> torch.Tensor:
+    return torch.autograd.grad(loss_fn(net(theta, x), y), theta, create_graph=create_graph)[0]
+
+
+def match_unrolled(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
+                   start: torch.Tensor, target: torch.Tensor, plan: list[Step],
+                   augment: Any | None = None) -> Match:
+    """The reference: one graph through every step (memory grows with the number of steps)."""
+    images = images.detach().requires_grad_(True)
+    lr = lr.detach().requires_grad_(True)
+    theta = start.detach().requires_grad_(True)
+    for step in plan:
+        x = _batch(images, step, augment)
+        theta = theta - lr * _step_grad(net, theta, x, labels[step.indices.to(labels.device)], True)
+    loss = (theta - target).pow(2).sum() / (start - target).pow(2).sum()
+    grad_images, grad_lr = torch.autograd.grad(loss, (images, lr))
+    return Match(float(loss.detach()), grad_images, grad_lr)
+
+
+def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
+                    start: torch.Tensor, target: torch.Tensor, plan: list[Step],
+                    augment: Any | None = None, checkpoint_every: int | None = None) -> Match:
+    """The exact gradient of :func:`match_unrolled` with one step's graph alive at a time.
+
+    Memory: O(J/c + c) parameter vectors (c = ``checkpoint_every``) and one step's activations.
+    """
+    steps = len(plan)
+    every = checkpoint_every or max(1, math.ceil(math.sqrt(steps)))
+    images = images.detach()
+    alpha = lr.detach()
+    start = start.detach()
+
+    def advance(theta: torch.Tensor, j: int) -> torch.Tensor:
+        theta = theta.detach().requires_grad_(True)
+        x = _batch(images, plan[j], augment)
+        g = _step_grad(net, theta, x, labels[plan[j].indices.to(labels.device)], False)
+        return (theta - alpha * g).detach()
+
+    checkpoints: dict[int, torch.Tensor] = {}
+    theta = start
+    for j in range(steps):
+        if j % every == 0:
+            checkpoints[j] = theta
+        theta = advance(theta, j)
+
+    scale = (start - target).pow(2).sum()
+    loss = float((theta - target).pow(2).sum() / scale)
+    lam = 2.0 * (theta - target) / scale  # ∂L/∂θ_J
+    grad_images = torch.zeros_like(images)
+    grad_lr = torch.zeros((), dtype=lr.dtype, device=lr.device)
+    for seg in reversed(range(0, steps, every)):
+        end = min(seg + every, steps)
+        thetas = [checkpoints.pop(seg)]
+        for j in range(seg, end - 1):
+            thetas.append(advance(thetas[-1], j))
+        for j in reversed(range(seg, end)):
+            step = plan[j]
+            idx = step.indices.to(images.device)
+            theta_j = thetas.pop().requires_grad_(True)
+            xb = images[idx].requires_grad_(True)
+            x = augment.apply(xb, step.augment) if step.augment is not None else xb
+            g = _step_grad(net, theta_j, x, labels[idx], True)
+            # One double-backward pass gives both H_j λ and (∂g_j/∂X_j)ᵀ λ.
+            hvp, gx = torch.autograd.grad(g, (theta_j, xb), grad_outputs=lam)
+            grad_images.index_add_(0, idx, -alpha * gx)
+            grad_lr = grad_lr - torch.dot(g.detach(), lam)
+            lam = lam - alpha * hvp
+    return Match(loss, grad_images, grad_lr)
+
+
+IMPLEMENTATIONS: dict[str, Callable[..., Match]] = {"unrolled": match_unrolled, "tesla": match_recompute}
+
+
+# --- the method ----------------------------------------------------------------------------
+
+
+def _experts_root(params: MTTParams) -> Path:
+    if params.experts_root:
+        return Path(params.experts_root).expanduser()
+    env = os.environ.get("MEDBENCH_EXPERTS")
+    if env:
+        return Path(env).expanduser()
+    from medbench.data.catalog import DEFAULT_DATA_ROOT
+
+    return DEFAULT_DATA_ROOT / EXPERTS_DIRNAME
+
+
+def open_buffer(task: DistillTask, params: MTTParams) -> ExpertBuffer:
+    """The buffer named by ``buffer_dir``, else the cached one for this data (built if missing)."""
+    if params.buffer_dir:
+        buffer = ExpertBuffer(params.buffer_dir)
+    else:
+        buffer = build_buffer(task, params.expert_config(), _experts_root(params))
+    net = FlatParams(build_seeded(task.model, task.channels, task.num_classes, task.size, 0,
+                                  torch.device("cpu")))
+    if buffer.num_params != net.size:
+        raise MedbenchError(f"expert buffer {buffer.path} holds {buffer.num_params} parameters per "
+                            f"network, the task's model has {net.size}")
+    needed = params.max_start_epoch - 1 + params.expert_epochs
+    if needed > buffer.num_epochs:
+        raise MedbenchError(f"expert buffer {buffer.path} has {buffer.num_epochs} epochs, fewer than "
+                            f"max_start_epoch - 1 + expert_epochs = {needed}")
+    if buffer.config.zca != params.zca:
+        raise MedbenchError(f"expert buffer {buffer.path} was built with zca={buffer.config.zca}, "
+                            f"the method runs with zca={params.zca}")
+    return buffer
+
+
+def _params_digest(params: MTTParams, task: DistillTask) -> str:
+    blob = json.dumps({"params": dataclasses.asdict(params), "ipc": task.ipc, "seed": task.seed,
+                       "classes": task.num_classes}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _State:
+    """Everything needed to resume bit-for-bit: tensors plus a few numbers."""
+
+    iteration: int
+    images: torch.Tensor
+    lr: torch.Tensor
+    best_images: torch.Tensor
+    best_lr: float
+    best_iteration: int
+    best_val: float
+    generator: torch.Tensor
+    momentum_images: torch.Tensor | None = None
+    momentum_lr: torch.Tensor | None = None
+
+    def save(self, path: Path, digest: str) -> None:
+        tensors = {"images": self.images, "lr": self.lr.reshape(1), "best_images": self.best_images,
+                   "generator": self.generator}
+        if self.momentum_images is not None and self.momentum_lr is not None:
+            tensors["momentum_images"] = self.momentum_images
+            tensors["momentum_lr"] = self.momentum_lr.reshape(1)
+        meta = {"digest": digest, "iteration": str(self.iteration), "best_lr": repr(self.best_lr),
+                "best_iteration": str(self.best_iteration), "best_val": repr(self.best_val)}
+        payload = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, digest: str) -> _State | None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata()
+            tensors = st_load(path.read_bytes())
+        except Exception:  # an unreadable checkpoint is not worth failing a run over
+            return None
+        if meta.get("digest") != digest:
+            return None
+        return cls(int(meta["iteration"]), tensors["images"], tensors["lr"][0], tensors["best_images"],
+                   float(meta["best_lr"]), int(meta["best_iteration"]), float(meta["best_val"]),
+                   tensors["generator"], tensors.get("momentum_images"),
+                   tensors["momentum_lr"][0] if "momentum_lr" in tensors else None)
+
+
+def _init_images(task: DistillTask, params: MTTParams, generator: torch.Generator,
+                 zca: ZCA | None) -> torch.Tensor:
+    if params.init == "noise":
+        shape = (task.num_classes * task.ipc, task.channels, task.size, task.size)
+        return torch.randn(shape, generator=generator).to(task.device)
+    parts = []
+    for c in range(task.num_classes):
+        if len(task.class_indices[c]) < task.ipc:
+            raise MedbenchError(f"IPC {task.ipc} exceeds the {len(task.class_indices[c])} training images "
+                                f"of class {c}")
+        parts.append(task.sample_class(c, task.ipc, generator))
+    images = torch.cat(parts)
+    return zca(images) if zca is not None else images
+
+
+def _val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, lr: float,
+                  params: MTTParams, zca: ZCA | None, iteration: int) -> float:
+    """Score a checkpoint: a quickly trained network on the set, evaluated on val (never test)."""
+    seed = derived_seed(task.seed, iteration, 0x7A1)
+    model = build_seeded(task.model, task.channels, task.num_classes, task.size, seed, task.device)
+    train_network(model, images.detach(), labels, epochs=params.eval_epochs, lr=lr,
+                  generator=torch.Generator().manual_seed(seed))
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = task.normalize(x)
+        return zca(x) if zca is not None else x
+
+    return accuracy(model, task.val.images, task.val.labels, prepare=prepare)
+
+
+@register_method("mtt", params=MTTParams)
+def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
+    """Matching training trajectories (Cazenavette et al., 2022), exact gradient in J-independent memory."""
+    buffer = open_buffer(task, params)
+    zca = buffer.zca()
+    net = FlatParams(build_seeded(task.model, task.channels, task.num_classes, task.size,
+                                  derived_seed(task.seed, 0x57), task.device))
+    net.module.train()
+    augment = make_augment(params.augment, task.channels)
+    match = IMPLEMENTATIONS[params.implementation]
+    extra = {"checkpoint_every": params.checkpoint_every} if params.implementation == "tesla" else {}
+
+    generator = torch.Generator().manual_seed(task.seed)
+    labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)
+    images = _init_images(task, params, generator, zca).detach().clone()
+    lr = torch.tensor(params.lr_teacher, device=task.device)
+    batch = params.batch_syn or len(labels)
+
+    digest = _params_digest(params, task)
+    state_path = task.checkpoint_dir / STATE_FILE if task.checkpoint_dir else None
+    state = _State.load(state_path, digest) if state_path and state_path.is_file() else None
+    if state is None:
+        val = _val_accuracy(task, images, labels, params.lr_teacher, params, zca, 0)
+        state = _State(0, images, lr, images.clone(), params.lr_teacher, 0, val, generator.get_state())
+    generator.set_state(state.generator)
+    images = state.images.to(task.device).requires_grad_(True)
+    lr = state.lr.to(task.device).requires_grad_(True)
+    opt_images = torch.optim.SGD([images], lr=params.lr_img, momentum=params.momentum)
+    opt_lr = torch.optim.SGD([lr], lr=params.lr_lr, momentum=params.momentum)
+    if state.momentum_images is not None and state.momentum_lr is not None:
+        opt_images.state[images]["momentum_buffer"] = state.momentum_images.to(task.device)
+        opt_lr.state[lr]["momentum_buffer"] = state.momentum_lr.to(task.device)
+
+    def result(st: _State, status: str) -> CondensedSet:
+        extras = zca.to_extras() if zca is not None else {}
+        info = {"chosen_iteration": st.best_iteration, "val_accuracy": st.best_val, "learned_lr": st.best_lr,
+                "iterations_run": st.iteration, "status": status, "implementation": params.implementation,
+                "expert_buffer": str(buffer.path), "expert_test_accuracy": buffer.test_accuracy,
+                "zca": zca is not None}
+        return CondensedSet(st.best_images.detach().float().cpu(), labels.cpu(), lr=st.best_lr,
+                            extras=extras, info=info)
+
+    def snapshot(iteration: int) -> _State:
+        buf_i = opt_images.state[images].get("momentum_buffer")
+        buf_lr = opt_lr.state[lr].get("momentum_buffer")
+        return dataclasses.replace(state, iteration=iteration, images=images.detach().clone(),
+                                   lr=lr.detach().clone(), generator=generator.get_state(),
+                                   momentum_images=None if buf_i is None else buf_i.clone(),
+                                   momentum_lr=None if buf_lr is None else buf_lr.clone())
+
+    task.report(state.iteration, params.iterations)
+    for it in range(state.iteration, params.iterations):
+        expert = int(torch.randint(buffer.num_experts, (1,), generator=generator))
+        start_epoch = int(torch.randint(params.max_start_epoch, (1,), generator=generator))
+        pair = buffer.snapshots(expert, [start_epoch, start_epoch + params.expert_epochs]).to(task.device)
+        plan = plan_unroll(len(labels), batch, params.syn_steps, generator, augment, images.detach())
+        out = match(net, images, labels, lr, pair[0], pair[1], plan, augment, **extra)
+        if not math.isfinite(out.loss):
+            raise Diverged(it, "non-finite matching loss", result(state, f"diverged at iteration {it}"))
+        images.grad, lr.grad = out.grad_images, out.grad_lr.reshape(lr.shape)
+        opt_images.step()
+        opt_lr.step()
+        learned = float(lr.detach())
+        if not (learned > 0 and math.isfinite(learned)) or not bool(torch.isfinite(images).all()):
+            reason = "non-finite images" if math.isfinite(learned) and learned > 0 else f"learned lr {learned:g}"
+            raise Diverged(it, reason, result(state, f"diverged at iteration {it}"))
+        done = it + 1
+        task.report(done, params.iterations)
+        if done % params.eval_every == 0 or done == params.iterations:
+            val = _val_accuracy(task, images, labels, learned, params, zca, done)
+            state = snapshot(done)
+            if val > state.best_val:
+                state = dataclasses.replace(state, best_images=images.detach().clone(), best_lr=learned,
+                                            best_iteration=done, best_val=val)
+            if state_path is not None:
+                state_path.parent.mkdir(parents=True, exist_ok=True)
+                state.save(state_path, digest)
+    return result(state, "ok")
