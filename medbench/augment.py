@@ -90,6 +90,12 @@ class Params:
     def n(self) -> int:
         return int(self.flip.shape[0])
 
+    def __getitem__(self, index: int | slice) -> Params:
+        """The sets at ``index`` (an int keeps its dimension: one set to share over a batch)."""
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        values = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "active"}
+        return Params(**values, active=self.active)
+
     def repeat_interleave(self, repeats: int | Tensor) -> Params:
         """Set ``i`` repeated ``repeats`` (or ``repeats[i]``) times: per-class sets -> per image."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "active"}
