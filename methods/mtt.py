@@ -51,7 +51,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from medbench.errors import MedbenchError
+from medbench.errors import CellFailed, MedbenchError
 from medbench.experts import (
     EXPERTS_DIRNAME,
     ZCA,
@@ -70,11 +70,12 @@ from medbench.training import accuracy, loss_fn, train_network
 STATE_FILE = "mtt_state.safetensors"
 
 
-class Diverged(MedbenchError):
+class Diverged(CellFailed):
     """Distillation blew up (non-finite loss or images, or a learned lr that is no longer positive).
 
-    ``condensed`` is the last good result: the synthetic set chosen on validation accuracy among
-    the checkpoints evaluated before the blow-up, so a harness can record the failure and keep it.
+    A :class:`CellFailed`, so the harness stores the cell as failed with the one-line message
+    "diverged at iteration N (reason)" and goes on. ``condensed`` is the last good result: the
+    set chosen on validation accuracy among the checkpoints evaluated before the blow-up.
     """
 
     def __init__(self, iteration: int, reason: str, condensed: CondensedSet | None) -> None:
