@@ -73,6 +73,19 @@ def default_root(data_root: Path | str) -> Path:
     return Path(data_root).expanduser() / EXPERTS_DIRNAME
 
 
+def resolve_root(root: Path | str | None = None) -> Path:
+    """The cache root: ``root`` if given, else ``$MEDBENCH_EXPERTS``, else the default data root's
+    ``medbench_experts``. The CLI and MTT both resolve it here, so by default they meet."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("MEDBENCH_EXPERTS")
+    if env:
+        return Path(env).expanduser()
+    from medbench.data.catalog import DEFAULT_DATA_ROOT
+
+    return default_root(DEFAULT_DATA_ROOT)
+
+
 @dataclass(frozen=True)
 class ExpertConfig:
     """How experts are trained. Defaults are those of the MTT reference ``buffer.py``."""
@@ -453,15 +466,16 @@ def build_buffer(
     """Build (or finish, or just open) the expert buffer for ``data`` under ``root``.
 
     ``data`` is the full :class:`Splits` (records the experts' test accuracy) or a
-    ``DistillTask`` (train/val only). ``model`` defaults to ``ModelSpec()`` for splits and to the
-    task's model for a task. Idempotent: when every expert file checks out the call only reads
-    the manifest. ``verify=True`` re-hashes every file even when its size and mtime are unchanged.
-    ``progress(done, total)`` counts expert epochs; ``log`` gets one line per event (None: silent).
+    ``DistillTask`` (train/val only); ``root`` None: see :func:`resolve_root`. ``model``
+    defaults to ``ModelSpec()`` for splits and to the task's model for a task. Idempotent: when
+    every expert file checks out the call only reads the manifest. ``verify=True`` re-hashes
+    every file even when its size and mtime are unchanged. ``progress(done, total)`` counts
+    expert epochs; ``log`` gets one line per event (None: silent).
     """
     config = config or ExpertConfig()
     say = log or (lambda _m: None)
     d = _as_data(data, model)
-    root = Path(root).expanduser() if root is not None else default_root(Path.home() / ".medmnist")
+    root = resolve_root(root)
     fingerprint = data_fingerprint(d.train, d.normalize)
     key, description = buffer_key(d, config, fingerprint)
     path = root / key

@@ -53,7 +53,6 @@ from safetensors.torch import save as st_save
 
 from medbench.errors import CellFailed, MedbenchError
 from medbench.experts import (
-    EXPERTS_DIRNAME,
     ZCA,
     ExpertBuffer,
     ExpertConfig,
@@ -62,6 +61,7 @@ from medbench.experts import (
     build_seeded,
     derived_seed,
     make_augment,
+    resolve_root,
 )
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
@@ -107,7 +107,7 @@ class MTTParams:
     eval_epochs: int = 300  # epochs of the quick network trained on the set to score it on val
     # The expert buffer (trained once, reused across IPCs, seeds and runs).
     buffer_dir: str | None = None  # a built buffer directory to use as is
-    experts_root: str | None = None  # cache root; None: $MEDBENCH_EXPERTS or ~/.medmnist/medbench_experts
+    experts_root: str | None = None  # cache root; None: $MEDBENCH_EXPERTS, else ~/.medmnist/medbench_experts
     num_experts: int = 100
     buffer_epochs: int = 50  # E: epochs each expert is trained for
     batch_train: int = 256  # expert training batch
@@ -255,23 +255,13 @@ IMPLEMENTATIONS: dict[str, Callable[..., Match]] = {"unrolled": match_unrolled, 
 # --- the method ----------------------------------------------------------------------------
 
 
-def _experts_root(params: MTTParams) -> Path:
-    if params.experts_root:
-        return Path(params.experts_root).expanduser()
-    env = os.environ.get("MEDBENCH_EXPERTS")
-    if env:
-        return Path(env).expanduser()
-    from medbench.data.catalog import DEFAULT_DATA_ROOT
-
-    return DEFAULT_DATA_ROOT / EXPERTS_DIRNAME
-
-
 def open_buffer(task: DistillTask, params: MTTParams) -> ExpertBuffer:
     """The buffer named by ``buffer_dir``, else the cached one for this data (built if missing)."""
     if params.buffer_dir:
         buffer = ExpertBuffer(params.buffer_dir)
     else:
-        buffer = build_buffer(task, params.expert_config(), _experts_root(params))
+        buffer = build_buffer(task, params.expert_config(), resolve_root(params.experts_root),
+                              progress=task.progress)
     net = FlatParams(build_seeded(task.model, task.channels, task.num_classes, task.size, 0,
                                   torch.device("cpu")))
     if buffer.num_params != net.size:
@@ -355,12 +345,15 @@ def _init_images(task: DistillTask, params: MTTParams, generator: torch.Generato
 
 
 def _val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, lr: float,
-                  params: MTTParams, zca: ZCA | None, iteration: int) -> float:
-    """Score a checkpoint: a quickly trained network on the set, evaluated on val (never test)."""
+                  params: MTTParams, zca: ZCA | None, iteration: int, augment: Any | None) -> float:
+    """Score a checkpoint: a quickly trained network on the set, evaluated on val (never test).
+
+    Trained as the protocol trains (SGD 0.9, wd 5e-4, lr step at half) with the learned lr and,
+    as the reference's evaluation, DSA when the method uses it."""
     seed = derived_seed(task.seed, iteration, 0x7A1)
     model = build_seeded(task.model, task.channels, task.num_classes, task.size, seed, task.device)
     train_network(model, images.detach(), labels, epochs=params.eval_epochs, lr=lr,
-                  generator=torch.Generator().manual_seed(seed))
+                  generator=torch.Generator().manual_seed(seed), augment=augment)
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
         x = task.normalize(x)
@@ -391,7 +384,7 @@ def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
     state_path = task.checkpoint_dir / STATE_FILE if task.checkpoint_dir else None
     state = _State.load(state_path, digest) if state_path and state_path.is_file() else None
     if state is None:
-        val = _val_accuracy(task, images, labels, params.lr_teacher, params, zca, 0)
+        val = _val_accuracy(task, images, labels, params.lr_teacher, params, zca, 0, augment)
         state = _State(0, images, lr, images.clone(), params.lr_teacher, 0, val, generator.get_state())
     generator.set_state(state.generator)
     images = state.images.to(task.device).requires_grad_(True)
@@ -402,11 +395,14 @@ def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
         opt_images.state[images]["momentum_buffer"] = state.momentum_images.to(task.device)
         opt_lr.state[lr]["momentum_buffer"] = state.momentum_lr.to(task.device)
 
+    expert_acc = buffer.test_accuracy  # NaN until built or completed with the full splits
+
     def result(st: _State, status: str) -> CondensedSet:
         extras = zca.to_extras() if zca is not None else {}
         info = {"chosen_iteration": st.best_iteration, "val_accuracy": st.best_val, "learned_lr": st.best_lr,
                 "iterations_run": st.iteration, "status": status, "implementation": params.implementation,
-                "expert_buffer": str(buffer.path), "expert_test_accuracy": buffer.test_accuracy,
+                "expert_buffer": str(buffer.path),
+                "expert_test_accuracy": None if math.isnan(expert_acc) else expert_acc,
                 "zca": zca is not None}
         return CondensedSet(st.best_images.detach().float().cpu(), labels.cpu(), lr=st.best_lr,
                             extras=extras, info=info)
@@ -438,7 +434,7 @@ def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
         done = it + 1
         task.report(done, params.iterations)
         if done % params.eval_every == 0 or done == params.iterations:
-            val = _val_accuracy(task, images, labels, learned, params, zca, done)
+            val = _val_accuracy(task, images, labels, learned, params, zca, done, augment)
             state = snapshot(done)
             if val > state.best_val:
                 state = dataclasses.replace(state, best_images=images.detach().clone(), best_lr=learned,
