@@ -1,5 +1,6 @@
 """Data layer: registered datasets and npz files in, validated :class:`Splits` out."""
 
+from medbench.data import folders as _folders  # noqa: F401  (registers covid19_radiography)
 from medbench.data.catalog import (
     DATASETS,
     DEFAULT_DATA_ROOT,

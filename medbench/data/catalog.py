@@ -151,12 +151,17 @@ def is_path_reference(ref: str) -> bool:
 
 def load_dataset(ref: str, *, size: int | None = None, root: Path | str = DEFAULT_DATA_ROOT,
                  download: bool = False) -> Splits:
-    """Load a registered dataset by name, or a MedMNIST-layout npz by path."""
+    """Load a registered dataset by name, a MedMNIST-layout npz by path, or a folder of class
+    folders by path (converted once and cached under ``root``; see :mod:`medbench.data.folders`)."""
     root = Path(root).expanduser()
     if ref in DATASETS or not is_path_reference(ref):
         source = DATASETS.get(ref)  # unknown names fail here with the list of known ones
         return source.load(LoadRequest(size=size, root=root, download=download))
     path = Path(ref).expanduser()
+    if path.is_dir():
+        from medbench.data.folders import load_class_folders  # imported here: folders imports this module
+
+        return load_class_folders(path, size=size, cache_root=root)
     splits = splits_from_npz(path, path.stem)
     if size is not None and size != splits.size:
         raise DataError(f"{path}: images are {splits.size} px but size {size} was asked for")
