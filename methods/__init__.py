@@ -1,6 +1,8 @@
 """Built-in distillation methods; importing a module registers its method."""
 
 from medbench.methods import (  # noqa: F401
+    dc,
+    dm,
     full,
     mtt,
     random_selection,

@@ -1,0 +1,201 @@
+"""What DC, DSA and DM share: learnable synthetic images, per-iteration seeding, checkpoint
+selection on validation accuracy, and atomic save/resume.
+
+Randomness: iteration ``i`` draws everything (real batches, network initialisation,
+augmentation) from a generator seeded by ``(task.seed, i)``, so the RNG state to resume from is
+just the iteration number, and an interrupted run resumes to exactly the uninterrupted result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medbench.augment import AugmentConfig, SiameseAugment
+from medbench.errors import MedbenchError
+from medbench.hparams import check
+from medbench.method import CondensedSet, DistillTask
+from medbench.training import Augment, accuracy, train_network
+
+INITS = ("real", "noise")
+# Seed streams: (task.seed, stream, index) never collide across the three uses.
+_INIT, _ITERATION, _SELECTION = 0, 1, 2
+
+
+def check_loop_params(p: Any) -> None:
+    """Validation shared by the params dataclasses of the methods built on :func:`distill`."""
+    check(p.iterations >= 1, f"iterations must be at least 1, got {p.iterations}")
+    check(p.lr_img > 0, f"lr_img must be positive, got {p.lr_img}")
+    check(0 <= p.momentum_img < 1, f"momentum_img must lie in [0, 1), got {p.momentum_img}")
+    check(p.init in INITS, f"unknown init {p.init!r}; choose {' or '.join(INITS)}")
+    check(p.batch_real >= 1, f"batch_real must be at least 1, got {p.batch_real}")
+    check(p.eval_every >= 1, f"eval_every must be at least 1, got {p.eval_every}")
+    check(p.eval_epochs >= 1, f"eval_epochs must be at least 1, got {p.eval_epochs}")
+    check(p.eval_lr > 0, f"eval_lr must be positive, got {p.eval_lr}")
+
+
+def check_ipc(task: DistillTask) -> None:
+    """Initialising from real images (and a meaningful comparison with random selection) needs
+    IPC distinct images in every class."""
+    smallest = min(len(pool) for pool in task.class_indices)
+    if task.ipc < 1 or task.ipc > smallest:
+        raise MedbenchError(f"IPC {task.ipc} must lie in 1..{smallest} (the smallest class's training images)")
+
+
+def generator_for(seed: int, *stream: int) -> torch.Generator:
+    """An independent CPU generator for ``(seed, *stream)``."""
+    state = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def fresh_model(task: DistillTask, generator: torch.Generator) -> nn.Module:
+    """``task.build_model()`` initialised from ``generator`` without touching the global RNG."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return task.build_model()
+
+
+def augmenter(enabled: bool, task: DistillTask) -> SiameseAugment | None:
+    return SiameseAugment(AugmentConfig(), task.channels) if enabled else None
+
+
+def sample_real(task: DistillTask, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` real images of every class, stacked as ``(C, B, ...)`` with ``(C, B)`` weights.
+
+    Classes with fewer than ``B`` images are padded with copies of their own images at weight 0,
+    so per-class means over the weights equal the means over the images actually drawn.
+    """
+    batches = [task.sample_class(c, n, generator) for c in range(task.num_classes)]
+    width = max(b.shape[0] for b in batches)
+    images, weights = [], []
+    for b in batches:
+        pad = width - b.shape[0]
+        images.append(torch.cat([b, b[torch.arange(pad, device=b.device) % b.shape[0]]]) if pad else b)
+        weights.append(torch.cat([torch.ones(b.shape[0]), torch.zeros(pad)]))
+    return torch.stack(images), torch.stack(weights).to(images[0].device)
+
+
+def initial_images(task: DistillTask, init: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """IPC images per class, class-contiguous, and their fixed labels."""
+    labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)
+    if init == "real":
+        images = torch.cat([task.sample_class(c, task.ipc, generator) for c in range(task.num_classes)])
+    else:
+        shape = (task.num_classes * task.ipc, task.channels, task.size, task.size)
+        images = torch.randn(shape, generator=generator).to(task.device)
+    return images.float().contiguous(), labels
+
+
+def initial_set(task: DistillTask, init: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact initialisation :func:`distill` starts from."""
+    return initial_images(task, init, generator_for(task.seed, _INIT, 0))
+
+
+def iteration_generator(task: DistillTask, iteration: int) -> torch.Generator:
+    return generator_for(task.seed, _ITERATION, iteration)
+
+
+def val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+                 augment: Augment | None) -> float:
+    """Val accuracy of a network trained on the candidate set. The same initialisation and data
+    order for every candidate, so checkpoints are compared on the set alone."""
+    generator = generator_for(task.seed, _SELECTION, 0)
+    model = fresh_model(task, generator)
+    train_network(model, images.detach(), labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
+    return accuracy(model, task.val.images, task.val.labels, prepare=task.normalize)
+
+
+# step(images, optimizer, generator) runs one iteration's image updates and returns its matching
+# loss as a 0-dim tensor (not a float: no device sync per iteration).
+Step = Callable[[torch.Tensor, torch.optim.Optimizer, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class _State:
+    iteration: int
+    images: torch.Tensor
+    optimizer: dict
+    best_images: torch.Tensor
+    best_iteration: int
+    best_accuracy: float
+    history: list[tuple[int, float]]  # (iteration, val accuracy) of every checkpoint
+    losses: list[tuple[int, float]]  # (iteration, mean matching loss since the last checkpoint)
+
+
+def distill(task: DistillTask, params: Any, *, name: str, step: Step,
+            augment: SiameseAugment | None) -> CondensedSet:
+    """Run ``params.iterations`` of ``step`` on learnable images, checkpointing every
+    ``params.eval_every`` and at the end, and return the checkpoint with the best val accuracy
+    (iteration 0, the initialisation, is a candidate too)."""
+    check_ipc(task)
+    labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)
+    fingerprint = {"method": name, "params": dataclasses.asdict(params), "ipc": task.ipc, "seed": task.seed,
+                   "num_classes": task.num_classes, "shape": list(task.train.images.shape[1:]),
+                   "model": [task.model.name, task.model.options]}
+    path = task.checkpoint_dir / f"{name}.pt" if task.checkpoint_dir is not None else None
+
+    def evaluate(images: torch.Tensor) -> float:
+        return val_accuracy(task, images, labels, epochs=params.eval_epochs, lr=params.eval_lr, augment=augment)
+
+    state = _load(path, fingerprint, task.device)
+    if state is None:
+        images, _ = initial_set(task, params.init)
+        acc = evaluate(images)
+        state = _State(0, images, {}, images.clone(), 0, acc, [(0, acc)], [])
+        _save(path, fingerprint, state)
+
+    images = state.images.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([images], lr=params.lr_img, momentum=params.momentum_img)
+    if state.optimizer:
+        optimizer.load_state_dict(state.optimizer)
+    window: list[torch.Tensor] = []
+    for it in range(state.iteration, params.iterations):
+        window.append(step(images, optimizer, iteration_generator(task, it)).detach())
+        done = it + 1
+        task.report(done, params.iterations)
+        if done % params.eval_every == 0 or done == params.iterations:
+            acc = evaluate(images)
+            state.history.append((done, acc))
+            state.losses.append((done, float(torch.stack(window).mean())))
+            window = []
+            if acc > state.best_accuracy:
+                state.best_images, state.best_iteration, state.best_accuracy = images.detach().clone(), done, acc
+            state.iteration, state.images, state.optimizer = done, images.detach(), optimizer.state_dict()
+            _save(path, fingerprint, state)
+
+    return CondensedSet(
+        state.best_images.detach().clone(), labels,
+        info={"iteration": state.best_iteration, "val_accuracy": state.best_accuracy,
+              "iterations": params.iterations, "val_history": state.history,
+              "matching_loss": state.losses},
+    )
+
+
+def _save(path: os.PathLike | None, fingerprint: dict, state: _State) -> None:
+    if path is None:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    payload = {"fingerprint": fingerprint, **dataclasses.asdict(state)}
+    payload["images"] = state.images.detach().cpu()
+    payload["best_images"] = state.best_images.detach().cpu()
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+
+
+def _load(path: os.PathLike | None, fingerprint: dict, device: torch.device) -> _State | None:
+    if path is None or not os.path.exists(path):
+        return None
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload.get("fingerprint") != fingerprint:
+        raise MedbenchError(f"checkpoint {path} belongs to another run (settings differ); remove it to restart")
+    payload.pop("fingerprint")
+    return _State(**payload)
