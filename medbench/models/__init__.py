@@ -34,3 +34,4 @@ class ModelSpec:
 
 
 from medbench.models import convnet as _convnet  # noqa: E402,F401  (registers the built-in models)
+from medbench.models import torchvision_nets as _torchvision_nets  # noqa: E402,F401  (cross-architecture nets)
