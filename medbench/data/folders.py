@@ -47,6 +47,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +134,11 @@ def scan_folders(root: Path, classes: Sequence[str] | None = None) -> FolderScan
 
 
 def allocate(n: int, ratios: Sequence[float]) -> list[int]:
-    """Split ``n`` items by ``ratios`` with the largest-remainder method (ties: earlier split first)."""
-    quotas = [n * r for r in ratios]
+    """Split ``n`` items by ``ratios`` with the largest-remainder method (ties: earlier split first).
+
+    Quotas are exact fractions, so 5 × 0.7 is 3.5 and ties do not depend on float rounding."""
+    exact = [Fraction(str(r)) for r in ratios]
+    quotas = [n * r / sum(exact) for r in exact]
     counts = [int(q) for q in quotas]
     by_remainder = sorted(range(len(ratios)), key=lambda i: (-(quotas[i] - counts[i]), i))
     for i in by_remainder[: n - sum(counts)]:
@@ -290,7 +294,13 @@ def _convert(scan: FolderScan, name: str, size: int, channels: int | None, ratio
     label_arr = np.asarray(labels, dtype=np.int64)
     rel_arr = np.asarray(rel)
     arrays: dict[str, np.ndarray] = {}
-    for split, idx in stratified_split(label_arr, ratios, seed).items():
+    parts = stratified_split(label_arr, ratios, seed)
+    empty_splits = [split for split, idx in parts.items() if len(idx) == 0]
+    if empty_splits:
+        raise DataError(f"{scan.root}: too few images for a {'/'.join(f'{r:g}' for r in ratios)} split: "
+                        f"{', '.join(empty_splits)} would be empty (images per class: "
+                        f"{dict(zip(scan.class_names, counts.tolist(), strict=True))})")
+    for split, idx in parts.items():
         arrays[f"{split}_images"] = stack[idx]
         arrays[f"{split}_labels"] = label_arr[idx].reshape(-1, 1).astype(np.uint8 if len(counts) < 256 else np.int64)
         arrays[f"{split}_files"] = rel_arr[idx]
