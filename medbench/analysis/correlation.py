@@ -1,0 +1,263 @@
+"""Does a method's gain carry over across datasets? Distilled vs random-subset accuracy.
+
+For every method (other than ``random``/``full``), IPC and protocol, each dataset gives one point
+(random accuracy, distilled accuracy), both averaged over eval models and seeds. Across datasets
+we report Pearson r and Spearman ρ with p-values, the least-squares line with R², and a seeded
+bootstrap CI for r (datasets resampled). Per dataset the gain over random (distilled − random, the
+spirit of DD-Ranking's improvement over random) carries the standard error of a difference of two
+independent means, from the eval-model spread. The line also predicts a new dataset's distilled
+accuracy from its random-subset accuracy, with the usual OLS prediction interval.
+
+A random baseline is only ever paired with a distilled cell under the same ``protocol_id`` (and
+the same dataset, size and IPC): accuracies from different protocols are not comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from medbench.analysis.frames import KEY
+from medbench.errors import MedbenchError
+
+MIN_DATASETS = 3
+NEEDS_MORE = f"needs at least {MIN_DATASETS} datasets"
+BASELINES = ("random", "full")
+
+
+def paired_points(values: pd.DataFrame) -> pd.DataFrame:
+    """Distilled vs random accuracy per dataset, matched on protocol_id, dataset, size and IPC.
+
+    ``values``: one row per evaluation network (``medbench.analysis.frames.metric_values``).
+    Returns one row per (protocol_id, method, ipc, dataset, size) with both means, their sample
+    std and counts (eval models × seeds), the gain and its standard error.
+    """
+    columns = ["protocol_id", "method", "ipc", "dataset", "size", "random_mean", "random_std", "random_n",
+               "distilled_mean", "distilled_std", "distilled_n", "gain", "gain_se"]
+    if values.empty:
+        return pd.DataFrame(columns=columns)
+    agg = values.groupby(KEY, dropna=False).value.agg(["mean", "std", "count"]).reset_index()
+    random = agg[agg.method == "random"].drop(columns="method")
+    distilled = agg[~agg.method.isin(BASELINES)]
+    on = ["protocol_id", "dataset", "size", "ipc"]  # protocol_id first: never pair across protocols
+    merged = distilled.merge(random, on=on, suffixes=("_d", "_r"))
+    out = pd.DataFrame({
+        "protocol_id": merged.protocol_id, "method": merged.method, "ipc": merged.ipc, "dataset": merged.dataset,
+        "size": merged["size"],
+        "random_mean": merged.mean_r, "random_std": merged.std_r, "random_n": merged.count_r,
+        "distilled_mean": merged.mean_d, "distilled_std": merged.std_d, "distilled_n": merged.count_d,
+    })
+    out["gain"] = out.distilled_mean - out.random_mean
+    # SE of a difference of two independent means; undefined (NaN) with a single network.
+    out["gain_se"] = np.sqrt(out.distilled_std**2 / out.distilled_n + out.random_std**2 / out.random_n)
+    return out.sort_values(["protocol_id", "method", "ipc", "dataset"]).reset_index(drop=True)[columns]
+
+
+@dataclass(frozen=True)
+class Line:
+    """An OLS fit y = slope·x + intercept with what the prediction interval needs."""
+
+    slope: float
+    intercept: float
+    r2: float
+    n: int
+    x_mean: float
+    sxx: float  # Σ (x − x̄)²
+    residual_std: float  # s = sqrt(SSE / (n − 2))
+
+    def t(self, level: float) -> float:
+        return float(stats.t.ppf(0.5 + level / 2, self.n - 2))
+
+    def prediction_interval(self, x: float, level: float = 0.95) -> tuple[float, float, float]:
+        """(ŷ, low, high) for one new observation at ``x``: ŷ ± t·s·sqrt(1 + 1/n + (x − x̄)²/Sxx)."""
+        y = self.slope * x + self.intercept
+        half = self.t(level) * self.residual_std * math.sqrt(1 + 1 / self.n + (x - self.x_mean) ** 2 / self.sxx)
+        return y, y - half, y + half
+
+    def confidence_band(self, xs: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Band for the fitted mean line: ŷ ± t·s·sqrt(1/n + (x − x̄)²/Sxx)."""
+        xs = np.asarray(xs, dtype=float)
+        y = self.slope * xs + self.intercept
+        half = self.t(level) * self.residual_std * np.sqrt(1 / self.n + (xs - self.x_mean) ** 2 / self.sxx)
+        return y - half, y + half
+
+
+def fit_line(x: np.ndarray, y: np.ndarray) -> Line:
+    """Least squares through ``scipy.stats.linregress``; needs ≥ 3 points and x not constant."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if len(x) < MIN_DATASETS:
+        raise MedbenchError(f"a fitted line {NEEDS_MORE} (got {len(x)})")
+    fit = stats.linregress(x, y)
+    residuals = y - (fit.slope * x + fit.intercept)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    return Line(float(fit.slope), float(fit.intercept), float(fit.rvalue**2) if np.isfinite(fit.rvalue) else math.nan,
+                len(x), float(x.mean()), sxx, float(math.sqrt((residuals**2).sum() / (len(x) - 2))))
+
+
+def bootstrap_r(x: np.ndarray, y: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of Pearson r over datasets resampled with replacement (seeded).
+
+    Resamples drawing fewer than 3 distinct datasets (r is then ±1 or undefined by construction)
+    or with a constant axis are dropped; NaN when none remains.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    xs, ys = x[idx], y[idx]
+    xc = xs - xs.mean(axis=1, keepdims=True)
+    yc = ys - ys.mean(axis=1, keepdims=True)
+    den = np.sqrt((xc**2).sum(axis=1) * (yc**2).sum(axis=1))
+    distinct = (np.diff(np.sort(idx, axis=1), axis=1) > 0).sum(axis=1) + 1
+    valid = (den > 1e-15) & (distinct >= MIN_DATASETS)
+    if not valid.any():
+        return math.nan, math.nan
+    r = np.clip((xc * yc).sum(axis=1)[valid] / den[valid], -1.0, 1.0)
+    low, high = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """Across-dataset relation of one method at one IPC under one protocol."""
+
+    protocol_id: str
+    method: str
+    ipc: int
+    datasets: tuple[str, ...]
+    x: tuple[float, ...]  # random-subset accuracy per dataset
+    y: tuple[float, ...]  # distilled accuracy per dataset
+    message: str = ""  # non-empty: why no statistics were computed
+    pearson_r: float = math.nan
+    pearson_p: float = math.nan
+    spearman_rho: float = math.nan
+    spearman_p: float = math.nan
+    r_ci: tuple[float, float] = (math.nan, math.nan)
+    line: Line | None = field(default=None)
+
+    @property
+    def n(self) -> int:
+        return len(self.datasets)
+
+    @property
+    def ok(self) -> bool:
+        return not self.message
+
+
+def correlate_one(protocol_id: str, method: str, ipc: int, group: pd.DataFrame, *, n_boot: int = 2000,
+                  seed: int = 0, level: float = 0.95) -> Correlation:
+    """Statistics for one (protocol, method, IPC) group of paired points; a message instead of
+    numbers when they would be meaningless (fewer than 3 datasets, a constant axis)."""
+    group = group.sort_values("dataset")
+    base = {"protocol_id": protocol_id, "method": method, "ipc": int(ipc),
+            "datasets": tuple(f"{d}@{s}" if _sizes_differ(group) else str(d)
+                              for d, s in zip(group.dataset, group["size"], strict=True)),
+            "x": tuple(float(v) for v in group.random_mean), "y": tuple(float(v) for v in group.distilled_mean)}
+    x, y = np.asarray(base["x"]), np.asarray(base["y"])
+    if len(x) < MIN_DATASETS:
+        return Correlation(**base, message=f"{NEEDS_MORE} (has {len(x)})")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        which = "random" if np.ptp(x) == 0 else "distilled"
+        return Correlation(**base, message=f"{which} accuracy is the same on every dataset: r is undefined")
+    pearson = stats.pearsonr(x, y)
+    spearman = stats.spearmanr(x, y)
+    return Correlation(
+        **base, pearson_r=float(pearson.statistic), pearson_p=float(pearson.pvalue),
+        spearman_rho=float(spearman.statistic), spearman_p=float(spearman.pvalue),
+        r_ci=bootstrap_r(x, y, n_boot=n_boot, seed=seed, level=level), line=fit_line(x, y),
+    )
+
+
+def _sizes_differ(group: pd.DataFrame) -> bool:
+    """Label datasets with their size only when one name appears at several sizes."""
+    return bool(group.duplicated("dataset").any())
+
+
+def correlate(points: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[Correlation]:
+    """One :class:`Correlation` per (protocol_id, method, IPC) in ``paired_points`` output."""
+    out = []
+    for (pid, method, ipc), group in points.groupby(["protocol_id", "method", "ipc"], sort=True):
+        out.append(correlate_one(pid, method, ipc, group, n_boot=n_boot, seed=seed, level=level))
+    return out
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _p(value: float) -> str:
+    return "—" if not np.isfinite(value) else (f"{value:.2g}" if value >= 1e-4 else "<1e-4")
+
+
+def correlation_frame(results: list[Correlation]) -> pd.DataFrame:
+    """Display table: one row per (protocol, method, IPC); the message replaces the numbers."""
+    rows = []
+    for c in results:
+        row = {"protocol": c.protocol_id, "method": c.method, "ipc": c.ipc, "datasets": c.n}
+        if c.ok:
+            assert c.line is not None
+            row.update({
+                "Pearson r": _num(c.pearson_r), "95% CI (bootstrap)": f"[{_num(c.r_ci[0], 2)}, {_num(c.r_ci[1], 2)}]",
+                "p": _p(c.pearson_p), "Spearman ρ": _num(c.spearman_rho), "p (ρ)": _p(c.spearman_p),
+                "slope": _num(c.line.slope), "intercept %": _num(100 * c.line.intercept, 1), "R²": _num(c.line.r2),
+                "note": "",
+            })
+        else:
+            row.update({k: "—" for k in ("Pearson r", "95% CI (bootstrap)", "p", "Spearman ρ", "p (ρ)", "slope",
+                                         "intercept %", "R²")})
+            row["note"] = c.message
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gain_frame(points: pd.DataFrame) -> pd.DataFrame:
+    """Display table of the per-dataset gain over random, in percentage points ± its SE."""
+    rows = []
+    for _, p in points.iterrows():
+        se = "" if not np.isfinite(p.gain_se) else f" ± {100 * p.gain_se:.1f}"
+        rows.append({"protocol": p.protocol_id, "method": p.method, "ipc": int(p.ipc), "dataset": p.dataset,
+                     "random %": f"{100 * p.random_mean:.1f}", "distilled %": f"{100 * p.distilled_mean:.1f}",
+                     "gain (pp) ± SE": f"{100 * p.gain:+.1f}{se}"})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    method: str
+    ipc: int
+    protocol_id: str
+    random_accuracy: float
+    predicted: float
+    low: float
+    high: float
+    level: float
+    n_datasets: int
+
+
+def predict(results: list[Correlation], *, method: str, ipc: int, random_accuracy: float,
+            protocol_id: str | None = None, level: float = 0.95) -> Prediction:
+    """Predicted distilled accuracy (fraction) of a new dataset from its random-subset accuracy.
+
+    Refuses, rather than guesses, when the method/IPC was measured under several protocols and
+    none was chosen, or when the fit has fewer than 3 datasets.
+    """
+    matches = [c for c in results if c.method == method and c.ipc == ipc
+               and (protocol_id is None or c.protocol_id.startswith(protocol_id))]
+    if not matches:
+        known = sorted({f"{c.method}@ipc{c.ipc}" for c in results}) or ["none"]
+        raise MedbenchError(f"no paired results for method {method} at IPC {ipc}"
+                            + (f" under protocol {protocol_id}" if protocol_id else "")
+                            + f"; available: {', '.join(known)}")
+    if len(matches) > 1:
+        raise MedbenchError(f"method {method} at IPC {ipc} was evaluated under {len(matches)} protocols "
+                            f"({', '.join(c.protocol_id for c in matches)}); choose one with --protocol")
+    c = matches[0]
+    if not c.ok or c.line is None:
+        raise MedbenchError(f"cannot predict {method} at IPC {ipc}: {c.message}")
+    y, low, high = c.line.prediction_interval(random_accuracy, level)
+    return Prediction(method, ipc, c.protocol_id, random_accuracy, y, low, high, level, c.n)

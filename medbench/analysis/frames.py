@@ -1,0 +1,82 @@
+"""Per-network scores joined with their cell keys: the one frame every analysis starts from.
+
+Working from the individual evaluation networks (not from cell means) keeps the eval-model
+spread available, which the gain uncertainty and the regression tolerance both need.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from medbench.storage.store import Store
+
+KEY = ["protocol_id", "dataset", "size", "method", "ipc"]
+
+
+def ipc_label(value: object) -> object:
+    """``NULL`` IPC (the full training set) shows as "full"; integers stay integers."""
+    return "full" if value is None or pd.isna(value) else int(value)
+
+
+def model_scores(store: Store, *, split: str = "test") -> pd.DataFrame:
+    """One row per done cell, evaluation network and metric of ``split`` with the cell's keys."""
+    cells = store.cells()
+    cells = cells[cells.status == "done"]
+    scores = store.scores(list(cells.cell_id))
+    scores = scores[scores.split == split]
+    keep = ["cell_id", "method", "dataset", "size", "ipc", "seed", "protocol_id", "compression_ratio",
+            "condensed_images"]
+    out = scores.merge(cells[keep], on="cell_id")
+    out["size"] = out["size"].astype("Int64")
+    out["ipc"] = out["ipc"].astype("Int64")
+    return out
+
+
+def metric_values(store: Store, metric: str = "accuracy", *, split: str = "test") -> pd.DataFrame:
+    """The ``metric`` of every evaluation network of every done cell (NaN values dropped)."""
+    frame = model_scores(store, split=split)
+    frame = frame[frame.metric == metric].dropna(subset=["value"])
+    return frame.reset_index(drop=True)
+
+
+def protocols(store: Store) -> dict[str, dict]:
+    """protocol_id -> the stored protocol dict (from any cell that used it)."""
+    cells = store.cells()
+    out: dict[str, dict] = {}
+    for pid, config in zip(cells.protocol_id, cells.config, strict=True):
+        if pid not in out:
+            out[pid] = json.loads(config).get("protocol", {})
+    return out
+
+
+def describe_protocol(protocol: dict, protocol_id: str) -> str:
+    """One line naming every setting that changes the numbers, so a table never loses its context."""
+    if not protocol:
+        return f"protocol {protocol_id} (settings not stored)"
+    depth = protocol.get("depth")
+    parts = [
+        f"model {protocol.get('model', '?')}",
+        f"width {protocol.get('width', '?')}",
+        f"depth {depth if depth is not None else 'auto (by resolution)'}",
+        f"norm {protocol.get('norm', '?')}",
+        f"epochs {protocol.get('epochs', '?')} (full data: {protocol.get('full_epochs', '?')})",
+        f"lr {protocol.get('lr', '?')}" + (" or the method's learned lr" if protocol.get("use_learned_lr") else ""),
+        f"batch {protocol.get('batch_size', '?')}",
+        f"augmentation {protocol.get('augment', '?')}",
+        f"{protocol.get('eval_models', '?')} eval models",
+    ]
+    return f"protocol {protocol_id}: " + ", ".join(parts)
+
+
+def short_protocol(protocol: dict, protocol_id: str) -> str:
+    """The protocol in one compact caption: enough to tell two tables' settings apart."""
+    if not protocol:
+        return f"protocol {protocol_id}"
+    depth = protocol.get("depth")
+    return (f"{protocol.get('model', '?')} width {protocol.get('width', '?')} depth "
+            f"{depth if depth is not None else 'auto'}"
+            f" · {protocol.get('epochs', '?')} epochs (full {protocol.get('full_epochs', '?')})"
+            f" · lr {protocol.get('lr', '?')} · aug {protocol.get('augment', '?')}"
+            f" · {protocol.get('eval_models', '?')} eval models · protocol {protocol_id}")

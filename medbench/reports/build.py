@@ -1,0 +1,266 @@
+"""``medbench report``: leaderboard.md, results.csv and a self-contained index.html from a results DB.
+
+Every table is made per protocol (protocol_id) and says which settings produced it; random
+baselines and distilled sets are only compared within one protocol.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from medbench.analysis.correlation import Correlation, correlate, correlation_frame, gain_frame, paired_points
+from medbench.analysis.frames import describe_protocol, model_scores, protocols, short_protocol
+from medbench.errors import MedbenchError
+from medbench.reports import figures
+from medbench.reports.tables import Table, aggregate, dataset_table, failed_notes, frame_table, method_order, n_train
+from medbench.storage.store import Store
+
+MAX_GRIDS = 80  # image mosaics per report; beyond this the page gets too heavy to read
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    leaderboard: Path
+    results: Path
+    html: Path
+
+
+@dataclass
+class Section:
+    """Everything shown for one protocol."""
+
+    protocol_id: str
+    description: str
+    caption: str
+    datasets: list[Table]
+    correlation: Table
+    gains: Table
+    results: list[Correlation]
+    agg: pd.DataFrame
+    notes: list[str]
+
+
+def tidy_results(store: Store) -> pd.DataFrame:
+    """One row per cell, eval model, split and metric with the cell's keys (IPC empty for full)."""
+    scores = model_scores(store, split="test")
+    val = model_scores(store, split="val")
+    frame = pd.concat([scores, val], ignore_index=True)
+    columns = ["dataset", "size", "method", "ipc", "seed", "protocol_id", "cell_id", "model_index", "model_seed",
+               "split", "metric", "value", "lr", "epochs", "train_seconds"]
+    return frame[columns].sort_values(["protocol_id", "dataset", "method", "ipc", "seed", "model_index", "split",
+                                       "metric"]).reset_index(drop=True)
+
+
+def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0) -> list[Section]:
+    values = model_scores(store, split="test").dropna(subset=["value"])
+    values = values[values.metric.isin(["accuracy", "balanced_accuracy"])]
+    agg = aggregate(values)
+    points = paired_points(values[values.metric == "accuracy"])
+    results = correlate(points, n_boot=n_boot, seed=seed)
+    settings = protocols(store)
+    train = n_train(store)
+    cells = store.cells()
+    order = list(dict.fromkeys(cells.sort_values("created_at").protocol_id))
+    sections = []
+    for pid in order:
+        caption = short_protocol(settings.get(pid, {}), pid)
+        sub = agg[agg.protocol_id == pid]
+        tables = []
+        for dataset, size in sorted({(d, s) for d, s in zip(sub.dataset, sub["size"], strict=True)}, key=str):
+            table = dataset_table(agg, pid, dataset, size, train.get((dataset, None if pd.isna(size) else int(size))))
+            table.notes.append(caption)
+            tables.append(table)
+        mine = [c for c in results if c.protocol_id == pid]
+        corr = frame_table(correlation_frame(mine), "Distilled vs random accuracy across datasets")
+        corr.notes.append(caption)
+        if not mine:
+            corr.notes.append("no method other than random/full has a random baseline at the same IPC here")
+        gains = frame_table(gain_frame(points[points.protocol_id == pid]), "Gain over random per dataset")
+        gains.notes.append(caption)
+        sections.append(Section(pid, describe_protocol(settings.get(pid, {}), pid), caption, tables, corr, gains,
+                                mine, sub, failed_notes(store, pid)))
+    return sections
+
+
+ACC_NOTE = ("Test accuracy and balanced accuracy in %, mean ± std over seeds × eval models. Bold: best per IPC "
+            "(random and distilled methods; the full-data row is the upper bound). Ratio: condensed images / "
+            "training images.")
+CORR_NOTE = ("One point per dataset: (random-subset accuracy, distilled accuracy) under the same protocol, "
+             "dataset, size and IPC. r: Pearson, with a bootstrap 95 % CI over datasets; ρ: Spearman; the line is "
+             "least squares (slope, intercept, R²).")
+GAIN_NOTE = "Gain = distilled − random accuracy in percentage points, ± the standard error of the difference."
+
+
+def _md_table(table: Table, note: str = "", heading: str = "###") -> str:
+    parts = [f"{heading} {table.title}", "", f"_{table.notes[0]}_" if table.notes else "", ""]
+    if note:
+        parts += [note, ""]
+    parts.append(table.markdown() if table.rows else "_no rows_")
+    parts += ["", *(f"- {n}" for n in table.notes[1:])]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def leaderboard_markdown(sections: list[Section], db: Path) -> str:
+    lines = ["# medbench leaderboard", "", f"Results database: `{db}` · generated "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {len(sections)} evaluation protocol(s).", ""]
+    if len(sections) > 1:
+        lines += ["> These results were made under several evaluation protocols. Each protocol has its own "
+                  "section; numbers are never compared across sections.", ""]
+    for s in sections:
+        lines += [f"## Protocol `{s.protocol_id}`", "", s.description, ""]
+        for t in s.datasets:
+            lines.append(_md_table(t, ACC_NOTE, "###"))
+        lines += [_md_table(s.correlation, CORR_NOTE, "###"), _md_table(s.gains, GAIN_NOTE, "###")]
+        lines += [f"- {n}" for n in s.notes]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _resolve(path: str | None, db: Path) -> Path | None:
+    """A stored condensed path: as written, relative to the current directory or beside the DB."""
+    if not path:
+        return None
+    p = Path(path)
+    for candidate in (p, Path.cwd() / p, db.parent / "condensed" / p.name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget: list[int]) -> list[str]:
+    """HTML blocks of condensed-set mosaics (first seed of each cell key), dataset by dataset."""
+    cells = store.cells()
+    cells = cells[(cells.protocol_id == protocol_id) & (cells.status == "done") & cells.condensed_path.notna()]
+    blocks = []
+    for (dataset, size), group in cells.groupby(["dataset", "size"], dropna=False):
+        rows = []
+        for ipc, at_ipc in group.groupby("ipc"):
+            tiles = []
+            for method in method_order(list(at_ipc.method.unique())):
+                cell = at_ipc[at_ipc.method == method].sort_values("seed").iloc[0]
+                if budget[0] <= 0:
+                    break
+                path = _resolve(cell.condensed_path, db)
+                loaded = figures.load_images(path) if path else None
+                if loaded is None:
+                    tiles.append(f'<div class="tile missing">{html.escape(method)}: condensed set not found</div>')
+                    continue
+                budget[0] -= 1
+                pixels, classes = figures.mosaic(*loaded, per_class)
+                zoom = 2 if pixels.shape[0] < 400 and pixels.shape[1] < 400 else 1
+                tiles.append(
+                    f'<figure class="tile"><img alt="{html.escape(method)} IPC {int(ipc)}" '
+                    f'width="{zoom * pixels.shape[1]}" src="data:image/png;base64,{figures.png_base64(pixels)}">'
+                    f"<figcaption><b>{html.escape(method)}</b> · IPC {int(ipc)} · seed {cell.seed} · "
+                    f"rows: classes {classes[0]}–{classes[-1]}</figcaption></figure>")
+            rows.append(f'<div class="tiles">{"".join(tiles)}</div>')
+        title = f"{dataset}" + ("" if pd.isna(size) else f" · {int(size)} px")
+        blocks.append(f"<h4>{html.escape(title)}</h4>{''.join(rows)}")
+    return blocks
+
+
+CSS = """
+:root{--fg:#1d2330;--muted:#5b6474;--line:#e3e7ee;--accent:#2f6fdf;--bg:#f6f8fb}
+*{box-sizing:border-box}
+body{font:14px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:var(--fg);
+background:var(--bg);margin:0}
+header{background:#1d2a44;color:#fff;padding:22px 40px}
+header h1{margin:0 0 4px;font-size:24px;font-weight:600}
+header p{margin:0;color:#c6d0e3}
+nav{padding:8px 40px;background:#fff;border-bottom:1px solid var(--line);position:sticky;top:0;z-index:2}
+nav a{margin-right:18px;color:var(--accent);text-decoration:none;font-weight:500}
+main{max-width:1200px;margin:0 auto;padding:10px 40px 60px}
+section.protocol{background:#fff;border:1px solid var(--line);border-radius:10px;padding:6px 26px 22px;
+margin:22px 0;box-shadow:0 1px 3px rgba(20,30,60,.05)}
+h2{font-size:20px;margin:18px 0 6px}
+h3{font-size:16px;margin:26px 0 6px;padding-top:8px;border-top:1px solid var(--line)}
+h4{font-size:14px;margin:18px 0 4px}
+.protocol-line{background:#eef3fc;border-left:4px solid var(--accent);padding:8px 12px;border-radius:4px;
+font-size:13px}
+.caption{color:var(--muted);font-size:12px;margin:2px 0 6px}
+.note{color:var(--muted);font-size:12.5px;margin:4px 0 8px}
+.warning{background:#fff6e0;border-left:4px solid #e0a100;padding:8px 12px;border-radius:4px}
+table{border-collapse:collapse;margin:6px 0 14px;font-size:13px;font-variant-numeric:tabular-nums}
+th,td{padding:5px 12px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th{background:#f1f4f9;font-weight:600;color:#374151}
+td:nth-child(4),th:nth-child(4){text-align:left}
+tr:hover td{background:#fafbfd}
+td.best{color:#0b5d1e;background:#e9f7ee}
+tr.full td{color:var(--muted);font-style:italic;border-top:2px solid var(--line)}
+img.figure{max-width:100%;display:block;margin:8px 0}
+.tiles{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start;margin:6px 0}
+.tile{margin:0;background:#fff;border:1px solid var(--line);border-radius:6px;padding:4px}
+.tile img{display:block;image-rendering:pixelated;max-width:100%}
+.tile figcaption{font-size:11.5px;color:var(--muted);padding:3px 2px 0}
+.tile.missing{color:var(--muted);font-size:12px;padding:10px}
+ul.failed{color:#a12a2a;font-size:12.5px}
+footer{color:var(--muted);font-size:12px;text-align:center;padding:20px}
+"""
+
+
+def _html_table(table: Table, note: str = "", heading: str = "h4") -> str:
+    caption = f'<p class="caption">{html.escape(table.notes[0])}</p>' if table.notes else ""
+    extra = "".join(f'<p class="note">{html.escape(n)}</p>' for n in table.notes[1:])
+    body = table.html() if table.rows else '<p class="note">no rows</p>'
+    note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    return f"<{heading}>{html.escape(table.title)}</{heading}>{caption}{note_html}{body}{extra}"
+
+
+def _img(b64: str | None, alt: str) -> str:
+    return f'<img class="figure" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
+
+
+def report_html(sections: list[Section], store: Store, db: Path, per_class: int) -> str:
+    parts = []
+    budget = [MAX_GRIDS]
+    for i, s in enumerate(sections, 1):
+        out = [f'<section class="protocol" id="p{i}"><h2>Protocol <code>{s.protocol_id}</code></h2>',
+               f'<div class="protocol-line">{html.escape(s.description)}</div>', "<h3>Leaderboard</h3>",
+               f'<p class="note">{html.escape(ACC_NOTE)}</p>']
+        out += [_html_table(t) for t in s.datasets]
+        out.append(_img(figures.accuracy_vs_ipc(s.agg, f"Test accuracy vs IPC · {s.caption}"), "accuracy vs IPC"))
+        out.append(_html_table(s.correlation, CORR_NOTE, heading="h3"))
+        if s.results:
+            out.append(_img(figures.correlation_scatter(s.results, f"Distilled vs random · {s.caption}"),
+                            "distilled vs random"))
+        out.append(_html_table(s.gains, GAIN_NOTE, heading="h3"))
+        grids = image_grids(store, db, s.protocol_id, per_class, budget)
+        if grids:
+            out.append(f"<h3>Condensed sets</h3><p class=\"note\">One row per class, at most {per_class} images "
+                       "each (first seed). Random rows are real training images.</p>" + "".join(grids))
+        if s.notes:
+            out.append('<ul class="failed">' + "".join(f"<li>{html.escape(n)}</li>" for n in s.notes) + "</ul>")
+        out.append("</section>")
+        parts.append("".join(out))
+    warning = ('<p class="warning">These results were made under several evaluation protocols. Each has its own '
+               "section; numbers are never compared across sections.</p>") if len(sections) > 1 else ""
+    nav = "".join(f'<a href="#p{i}">{s.protocol_id}</a>' for i, s in enumerate(sections, 1))
+    when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>medbench report</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head>"
+            f"<body><header><h1>medbench report</h1><p>{html.escape(str(db))} · generated {when} · "
+            f"{len(sections)} protocol(s)</p></header><nav>Protocols: {nav}</nav><main>{warning}"
+            f"{''.join(parts)}</main><footer>medbench · dataset distillation on medical images</footer>"
+            "</body></html>")
+
+
+def write_report(db: Path | str, out: Path | str, *, per_class: int = 10, n_boot: int = 2000) -> ReportFiles:
+    """Write leaderboard.md, results.csv and index.html for every done cell of ``db`` into ``out``."""
+    db, out = Path(db), Path(out)
+    if not db.is_file():
+        raise MedbenchError(f"{db}: no results database here (run `medbench run` first or pass --db)")
+    with Store(db) as store:
+        if store.cells().empty:
+            raise MedbenchError(f"{db}: the database holds no results yet")
+        sections = build_sections(store, n_boot=n_boot)
+        out.mkdir(parents=True, exist_ok=True)
+        files = ReportFiles(out / "leaderboard.md", out / "results.csv", out / "index.html")
+        files.leaderboard.write_text(leaderboard_markdown(sections, db))
+        tidy_results(store).to_csv(files.results, index=False)
+        files.html.write_text(report_html(sections, store, db, per_class))
+    return files

@@ -1,0 +1,167 @@
+"""Report figures (matplotlib, Agg), returned as base64 PNG so the HTML needs no other file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from medbench.analysis.correlation import Correlation
+from medbench.reports.tables import method_order
+
+plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+                     "axes.grid": True, "grid.alpha": 0.25, "figure.dpi": 100})
+
+
+def colors(methods: list[str]) -> dict[str, str]:
+    """The same colour for a method in every figure: random grey, full black, the rest tab10."""
+    palette = plt.get_cmap("tab10").colors
+    others = [m for m in method_order(methods) if m not in ("random", "full")]
+    out = {m: matplotlib.colors.to_hex(palette[i % 10]) for i, m in enumerate(others)}
+    out.update({"random": "#7f7f7f", "full": "#111111"})
+    return out
+
+
+def to_base64(fig: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _grid(n: int, ncols: int = 3, w: float = 4.0, h: float = 3.1) -> tuple[plt.Figure, list[plt.Axes]]:
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def accuracy_vs_ipc(agg: pd.DataFrame, title: str) -> str | None:
+    """One panel per dataset: test accuracy vs IPC per method (error bars: std over eval models
+    and seeds); the full training set as a dashed line with its ±std band."""
+    acc = agg[agg.metric == "accuracy"]
+    datasets = sorted({(d, s) for d, s in zip(acc.dataset, acc["size"], strict=True)}, key=str)
+    if not datasets:
+        return None
+    palette = colors(list(acc.method.unique()))
+    fig, axes = _grid(len(datasets))
+    for ax, (dataset, size) in zip(axes, datasets, strict=True):
+        sub = acc[(acc.dataset == dataset) & (acc["size"] == size)]
+        ipcs = sorted(int(i) for i in sub.ipc.dropna().unique())
+        for method in method_order(list(sub.method.unique())):
+            rows = sub[sub.method == method]
+            if method == "full":
+                mean, std = rows["mean"].iloc[0], rows["std"].fillna(0).iloc[0]
+                ax.axhline(100 * mean, color=palette["full"], ls="--", lw=1.2, label=f"full ({100 * mean:.1f})")
+                ax.axhspan(100 * (mean - std), 100 * (mean + std), color=palette["full"], alpha=0.08)
+                continue
+            rows = rows.sort_values("ipc")
+            ax.errorbar(rows.ipc.astype(float), 100 * rows["mean"], yerr=100 * rows["std"].fillna(0),
+                        marker="o", ms=4, capsize=3, lw=1.6, color=palette[method], label=method,
+                        ls="--" if method == "random" else "-")
+        if ipcs and max(ipcs) / min(ipcs) >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks(ipcs, [str(i) for i in ipcs])
+        ax.minorticks_off()
+        ax.set_title(f"{dataset}" + ("" if pd.isna(size) else f" · {int(size)} px"), fontweight="bold")
+        ax.set_xlabel("images per class (IPC)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10, y=1.0)
+    fig.tight_layout()
+    return to_base64(fig)
+
+
+def correlation_scatter(results: list[Correlation], title: str) -> str | None:
+    """One panel per method: distilled vs random accuracy per dataset (colour = IPC), the fitted
+    line with its 95 % confidence band where there are ≥ 3 datasets, and the y = x diagonal."""
+    if not results:
+        return None
+    methods = method_order(sorted({c.method for c in results}))
+    ipcs = sorted({c.ipc for c in results})
+    cmap = plt.get_cmap("viridis")
+    ipc_color = {ipc: cmap(0.15 + 0.7 * i / max(len(ipcs) - 1, 1)) for i, ipc in enumerate(ipcs)}
+    fig, axes = _grid(len(methods), w=4.4, h=4.0)
+    for ax, method in zip(axes, methods, strict=True):
+        xs_all, ys_all = [], []
+        for c in (c for c in results if c.method == method):
+            x, y = 100 * np.asarray(c.x), 100 * np.asarray(c.y)
+            xs_all += list(x)
+            ys_all += list(y)
+            label = f"IPC {c.ipc}: r = {c.pearson_r:.2f}" if c.ok else f"IPC {c.ipc}: {c.message}"
+            ax.scatter(x, y, s=28, color=ipc_color[c.ipc], label=label, zorder=3, edgecolor="white", lw=0.6)
+            for name, xi, yi in zip(c.datasets, x, y, strict=True):
+                ax.annotate(name, (xi, yi), fontsize=6.5, xytext=(3, 3), textcoords="offset points", alpha=0.8)
+            if c.ok and c.line is not None:
+                grid = np.linspace(min(c.x), max(c.x), 50)
+                low, high = c.line.confidence_band(grid)
+                ax.plot(100 * grid, 100 * (c.line.slope * grid + c.line.intercept), color=ipc_color[c.ipc], lw=1.4)
+                ax.fill_between(100 * grid, 100 * low, 100 * high, color=ipc_color[c.ipc], alpha=0.15, lw=0)
+        if xs_all:
+            lo = min(xs_all + ys_all) - 3
+            hi = max(xs_all + ys_all) + 3
+            ax.plot([lo, hi], [lo, hi], ls=":", color="#999999", lw=1, label="y = x (no gain)")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_title(method, fontweight="bold")
+        ax.set_xlabel("random subset accuracy (%)")
+        ax.set_ylabel(f"{method} accuracy (%)")
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.suptitle(title, fontsize=10, y=1.0)
+    fig.tight_layout()
+    return to_base64(fig)
+
+
+def load_images(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """uint8 images (N, H, W[, 3]) and labels of a stored condensed set; None when unreadable.
+
+    Uses the npz's uint8 ``train_images`` (already denormalised); older files without it are
+    denormalised from ``images_float32`` with the stored ``norm_mean``/``norm_std``.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            labels = npz["train_labels"].reshape(-1)
+            if "train_images" in npz.files:
+                return npz["train_images"], labels
+            x = npz["images_float32"]  # N, C, H, W normalised
+            mean = npz["norm_mean"].reshape(1, -1, 1, 1)
+            std = npz["norm_std"].reshape(1, -1, 1, 1)
+            x = np.clip((x * std + mean) * 255, 0, 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+            return (x[..., 0] if x.shape[-1] == 1 else x), labels
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def mosaic(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> tuple[np.ndarray, list[int]]:
+    """One row per class, at most ``per_class`` images each, separated by white lines."""
+    classes = sorted(int(c) for c in np.unique(labels))
+    h, w = images.shape[1:3]
+    cols = max(min(per_class, int((labels == c).sum())) for c in classes)
+    pad = max(1, h // 14)
+    shape = (len(classes) * (h + pad) + pad, cols * (w + pad) + pad, *images.shape[3:])
+    out = np.full(shape, 255, dtype=np.uint8)
+    for r, c in enumerate(classes):
+        for j, image in enumerate(images[labels == c][:per_class]):
+            y, x = pad + r * (h + pad), pad + j * (w + pad)
+            out[y : y + h, x : x + w] = image
+    return out, classes
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    """A uint8 image as a pixel-exact PNG (no resampling, so a few KB per condensed set)."""
+    buffer = io.BytesIO()
+    rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+    plt.imsave(buffer, rgb, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,140 @@
+"""Leaderboard tables: per protocol, per dataset, every method at every IPC next to random and full.
+
+Tables are built as plain rows first (numbers plus a "best" flag) and rendered to Markdown or
+HTML afterwards, so both outputs always show the same numbers and the same bold cells. Cells of
+different protocols land in different sections: a column never mixes protocols.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from medbench.analysis.frames import ipc_label
+from medbench.storage.store import Store
+
+ACC = "accuracy %"
+BAL = "balanced acc %"
+
+
+def method_order(methods: list[str]) -> list[str]:
+    """random first (the yardstick), then the distillation methods, full (upper bound) last."""
+    rest = sorted(m for m in set(methods) if m not in ("random", "full"))
+    return [m for m in ("random",) if m in methods] + rest + [m for m in ("full",) if m in methods]
+
+
+@dataclass
+class Table:
+    """One rendered-later table: a title, column names and rows of display strings."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, str]]
+    bold: set[tuple[int, str]] = field(default_factory=set)  # (row index, column)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        rows = [[f"**{r.get(c, '')}**" if (i, c) in self.bold else r.get(c, "") for c in self.columns]
+                for i, r in enumerate(self.rows)]
+        return tabulate(rows, headers=self.columns, tablefmt="github", disable_numparse=True)
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = []
+        for i, r in enumerate(self.rows):
+            cls = ' class="full"' if r.get("method") == "full" else ""
+            cells = "".join(
+                f"<td class=\"best\"><b>{html.escape(str(r.get(c, '')))}</b></td>" if (i, c) in self.bold
+                else f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in self.columns)
+            body.append(f"<tr{cls}>{cells}</tr>")
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def pm(mean: float, std: float) -> str:
+    """Percent mean ± std (std omitted when undefined, e.g. one network)."""
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if std is not None and np.isfinite(std) else f"{100 * mean:.1f}"
+
+
+def aggregate(values: pd.DataFrame) -> pd.DataFrame:
+    """Mean/std over eval models and seeds per (protocol, dataset, size, method, IPC, metric)."""
+    keys = ["protocol_id", "dataset", "size", "method", "ipc", "metric"]
+    grouped = values.groupby(keys, dropna=False)
+    out = grouped.value.agg(["mean", "std", "count"]).reset_index()
+    extra = grouped.agg(seeds=("seed", "nunique"), ratio=("compression_ratio", "mean"),
+                        images=("condensed_images", "mean")).reset_index()
+    return out.merge(extra, on=keys)
+
+
+def n_train(store: Store) -> dict[tuple[str, object], int]:
+    """(dataset, size) -> training images, from the stored dataset facts."""
+    out = {}
+    for _, c in store.cells().iterrows():
+        facts = json.loads(c.config).get("dataset") or {}
+        if "n_train" in facts:
+            out[(c.dataset, None if pd.isna(c["size"]) else int(c["size"]))] = int(facts["n_train"])
+    return out
+
+
+def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: object,
+                  train_images: int | None) -> Table:
+    """Rows grouped by IPC (random, methods), then the full-data row; best per IPC group in bold."""
+    sub = agg[(agg.protocol_id == protocol_id) & (agg.dataset == dataset)
+              & ((agg["size"] == size) if not pd.isna(size) else agg["size"].isna())]
+    acc = sub[sub.metric == "accuracy"].set_index(["method", "ipc"])
+    bal = sub[sub.metric == "balanced_accuracy"].set_index(["method", "ipc"])
+    columns = ["IPC", "images", "ratio", "method", ACC, BAL, "gain vs random (pp)", "seeds × models"]
+    rows: list[dict[str, str]] = []
+    bold: set[tuple[int, str]] = set()
+    ipcs = sorted({int(i) for i in acc.index.get_level_values("ipc").dropna()})
+    for ipc in ipcs:
+        group = [m for m in method_order(list(acc.index.get_level_values("method")))
+                 if (m, ipc) in acc.index and m != "full"]
+        start = len(rows)
+        random_mean = acc.loc[("random", ipc), "mean"] if ("random", ipc) in acc.index else np.nan
+        for m in group:
+            a = acc.loc[(m, ipc)]
+            b = bal.loc[(m, ipc)] if (m, ipc) in bal.index else None
+            gain = "" if m == "random" or not np.isfinite(random_mean) else f"{100 * (a['mean'] - random_mean):+.1f}"
+            rows.append({"IPC": str(ipc), "images": f"{a['images']:.0f}",
+                         "ratio": f"{100 * a['ratio']:.3g} %" if np.isfinite(a["ratio"]) else "—",
+                         "method": m, ACC: pm(a["mean"], a["std"]),
+                         BAL: pm(b["mean"], b["std"]) if b is not None else "—", "gain vs random (pp)": gain,
+                         "seeds × models": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
+        if len(group) > 1:
+            for column, frame in ((ACC, acc), (BAL, bal)):
+                means = [frame.loc[(m, ipc), "mean"] if (m, ipc) in frame.index else -np.inf for m in group]
+                best = max(means)
+                bold.update((start + j, column) for j, v in enumerate(means) if v == best and np.isfinite(v))
+    full_keys = [k for k in acc.index if k[0] == "full"]
+    for key in full_keys:
+        a = acc.loc[key]
+        b = bal.loc[key] if key in bal.index else None
+        rows.append({"IPC": "full", "images": f"{train_images or a['images']:.0f}", "ratio": "100 %",
+                     "method": "full", ACC: pm(a["mean"], a["std"]),
+                     BAL: pm(b["mean"], b["std"]) if b is not None else "—", "gain vs random (pp)": "",
+                     "seeds × models": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
+    title = f"{dataset}" + ("" if pd.isna(size) else f" ({int(size)} px)")
+    if train_images:
+        title += f", {train_images} training images"
+    return Table(title, columns, rows, bold)
+
+
+def failed_notes(store: Store, protocol_id: str) -> list[str]:
+    cells = store.cells()
+    failed = cells[(cells.status == "failed") & (cells.protocol_id == protocol_id)]
+    return [f"failed: {r.method} · {r.dataset} · IPC {ipc_label(r.ipc)} · seed {r.seed}: {r.message}"
+            for r in failed.itertuples()]
+
+
+def frame_table(frame: pd.DataFrame, title: str, drop: tuple[str, ...] = ("protocol",)) -> Table:
+    """A display DataFrame (all strings) as a :class:`Table`."""
+    frame = frame.drop(columns=[c for c in drop if c in frame.columns])
+    return Table(title, [str(c) for c in frame.columns],
+                 [{str(k): str(v) for k, v in row.items()} for row in frame.to_dict("records")])
