@@ -23,7 +23,7 @@ DEFAULTS = Protocol()
 
 # Modules that add sub-commands: each defines ``register(subparsers)`` and sets ``func`` on its
 # parser (``func(args) -> int``). Keeps one idea per module instead of one growing cli.py.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["medbench.reports.commands"]
 
 
 class Parser(argparse.ArgumentParser):
