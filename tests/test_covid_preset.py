@@ -1,0 +1,58 @@
+"""The covid19-mtt preset and its reference numbers: every setting names a real parameter."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+from medbench.methods.mtt import MTTParams
+
+from medbench.data import DATASETS
+from medbench.evaluation import Protocol
+from medbench.method import get_method
+
+PRESETS = Path(str(resources.files("medbench.presets")))
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((PRESETS / name).read_text())
+
+
+def test_preset_settings_are_valid_parameters():
+    grid = _load("covid19-mtt.yaml")
+    assert set(grid["methods"]) == {"random", "mtt", "full"}
+    for name in grid["methods"]:
+        get_method(name)  # registered
+    mtt = MTTParams(**grid["methods"]["mtt"])  # unknown names or bad values raise here
+    assert (mtt.num_experts, mtt.buffer_epochs) == (100, 50)
+    fields = {f.name for f in dataclasses.fields(MTTParams)}
+    assert set(grid["methods"]["mtt"]) <= fields
+    protocol = Protocol(**grid["eval"])
+    assert (protocol.depth, protocol.width, protocol.eval_models, protocol.model) == (5, 128, 5, "convnet")
+    assert grid["datasets"] == [{"name": "covid19_radiography", "size": 112}]
+    assert "covid19_radiography" in DATASETS
+    assert grid["ipc"] == [1, 2, 3, 5, 10, 20] and grid["seeds"] == [0]
+
+
+def test_reference_numbers_match_the_grid():
+    grid, ref = _load("covid19-mtt.yaml"), _load("covid19-mtt.reference.yaml")
+    assert ref["preset"] == "covid19-mtt" and ref["dataset"] == "covid19_radiography"
+    assert sorted(ref["accuracy"]["mtt"]) == grid["ipc"]
+    assert ref["accuracy"]["mtt"] == {1: 52.5, 2: 76.4, 3: 77.0, 5: 79.3, 10: 82.2, 20: 82.7}
+    assert ref["accuracy"]["full"] == 88.9
+    assert ref["setting"]["classes"] == 4 and ref["setting"]["size"] == grid["datasets"][0]["size"]
+    assert ref["setting"]["model"] == {"name": "convnet", "depth": grid["eval"]["depth"],
+                                       "width": grid["eval"]["width"]}
+    assert ref["setting"]["num_experts"] == grid["methods"]["mtt"]["num_experts"]
+
+
+def test_preset_reads_as_a_grid_file():
+    gridfile = pytest.importorskip("medbench.harness.gridfile", reason="grid files not available yet")
+    out = gridfile.read_grid_file(PRESETS / "covid19-mtt.yaml")
+    assert out["methods"] == ("random", "mtt", "full")
+    assert out["datasets"] == (("covid19_radiography", 112),)
+    assert out["method_args"]["mtt"]["num_experts"] == 100
+    assert "covid19-mtt" in gridfile.list_presets()
