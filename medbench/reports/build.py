@@ -152,10 +152,10 @@ def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget
                     continue
                 budget[0] -= 1
                 pixels, classes = figures.mosaic(*loaded, per_class)
-                zoom = 2 if pixels.shape[0] < 400 and pixels.shape[1] < 400 else 1
+                zoom = max(1.0, min(3.0, 330 / pixels.shape[1]))  # small sets enlarged, pixels kept sharp
                 tiles.append(
                     f'<figure class="tile"><img alt="{html.escape(method)} IPC {int(ipc)}" '
-                    f'width="{zoom * pixels.shape[1]}" src="data:image/png;base64,{figures.png_base64(pixels)}">'
+                    f'width="{round(zoom * pixels.shape[1])}" src="data:image/png;base64,{figures.png_base64(pixels)}">'
                     f"<figcaption><b>{html.escape(method)}</b> · IPC {int(ipc)} · seed {cell.seed} · "
                     f"rows: classes {classes[0]}–{classes[-1]}</figcaption></figure>")
             rows.append(f'<div class="tiles">{"".join(tiles)}</div>')
@@ -191,10 +191,11 @@ th{background:#f1f4f9;font-weight:600;color:#374151}
 td:nth-child(4),th:nth-child(4){text-align:left}
 tr:hover td{background:#fafbfd}
 td.best{color:#0b5d1e;background:#e9f7ee}
+tr.group td{border-top:2px solid #c9d1de}
 tr.full td{color:var(--muted);font-style:italic;border-top:2px solid var(--line)}
 img.figure{max-width:100%;display:block;margin:8px 0}
 .tiles{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start;margin:6px 0}
-.tile{margin:0;background:#fff;border:1px solid var(--line);border-radius:6px;padding:4px}
+.tile{margin:0;max-width:360px;background:#fff;border:1px solid var(--line);border-radius:6px;padding:4px}
 .tile img{display:block;image-rendering:pixelated;max-width:100%}
 .tile figcaption{font-size:11.5px;color:var(--muted);padding:3px 2px 0}
 .tile.missing{color:var(--muted);font-size:12px;padding:10px}

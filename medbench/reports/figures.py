@@ -102,7 +102,8 @@ def correlation_scatter(results: list[Correlation], title: str) -> str | None:
             label = f"IPC {c.ipc}: r = {c.pearson_r:.2f}" if c.ok else f"IPC {c.ipc}: {c.message}"
             ax.scatter(x, y, s=28, color=ipc_color[c.ipc], label=label, zorder=3, edgecolor="white", lw=0.6)
             for name, xi, yi in zip(c.datasets, x, y, strict=True):
-                ax.annotate(name, (xi, yi), fontsize=6.5, xytext=(3, 3), textcoords="offset points", alpha=0.8)
+                ax.annotate(name.removesuffix("mnist"), (xi, yi), fontsize=6, xytext=(3, -2),
+                            textcoords="offset points", alpha=0.7)
             if c.ok and c.line is not None:
                 grid = np.linspace(min(c.x), max(c.x), 50)
                 low, high = c.line.confidence_band(grid)

@@ -47,7 +47,8 @@ class Table:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = []
         for i, r in enumerate(self.rows):
-            cls = ' class="full"' if r.get("method") == "full" else ""
+            first = i > 0 and r.get("IPC") is not None and r.get("IPC") != self.rows[i - 1].get("IPC")
+            cls = ' class="full"' if r.get("method") == "full" else ' class="group"' if first else ""
             cells = "".join(
                 f"<td class=\"best\"><b>{html.escape(str(r.get(c, '')))}</b></td>" if (i, c) in self.bold
                 else f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in self.columns)
