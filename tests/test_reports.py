@@ -1,0 +1,85 @@
+"""``medbench report``: the three files, their tables and figures, and protocols kept apart."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pandas as pd
+import pytest
+from _records import record, store_with, write_condensed_npz
+
+from medbench.cli import main
+from medbench.reports import write_report
+
+
+@pytest.fixture
+def report_db(tmp_path):
+    """Three datasets × (random, dm) × IPC 1/10 plus full, one condensed file per dataset."""
+    recs = []
+    for i, name in enumerate(["alpha", "beta", "gamma"]):
+        base = 0.4 + 0.1 * i
+        for ipc, bump in ((1, 0.0), (10, 0.15)):
+            path = write_condensed_npz(tmp_path / "condensed" / f"{name}{ipc}.npz", classes=3, ipc=ipc,
+                                       channels=3 if name == "beta" else 1, seed=i)
+            recs.append(record("random", name, ipc, [base + bump - 0.01, base + bump + 0.01], classes=3,
+                               condensed_path=path))
+            recs.append(record("dm", name, ipc, [base + bump + 0.05, base + bump + 0.07], classes=3,
+                               condensed_path=path))
+        recs.append(record("full", name, None, [0.9, 0.92], classes=3))
+    recs.append(record("dc", "alpha", 1, [], status="failed"))
+    return store_with(tmp_path / "results.sqlite", recs)
+
+
+def test_report_writes_three_files_with_tables_and_embedded_figures(report_db, tmp_path):
+    files = write_report(report_db, tmp_path / "out", n_boot=200)
+    md = files.leaderboard.read_text()
+    page = files.html.read_text()
+    # Markdown: per dataset table with bold best, full row and ratio, correlation table, protocol stated
+    assert md.count("### alpha (28 px), 1000 training images") == 1
+    assert "**46.0 ± 1.4**" in md  # dm at IPC 1 on alpha: best of its IPC group
+    assert re.search(r"\| full\s+\| 1000\s+\| 100 %\s+\| full\s+\| 91\.0 ± 1\.4", md)
+    assert "0.3 %" in md  # compression ratio 3 images / 1000
+    assert "Pearson r" in md and "needs at least" not in md
+    assert md.count("convnet width 8 depth auto · 4 epochs (full 2) · lr 0.01 · aug none · 3 eval models") == 5
+    assert "failed: dc · alpha · IPC 1 · seed 0: diverged" in md
+    # HTML: self-contained, tables and figures inline
+    assert "<table>" in page and "Pearson r" in page and "<b>46.0 ± 1.4</b>" in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 2 + 6  # accuracy vs IPC, scatter, and one mosaic per (dataset, IPC, method) shown
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
+    assert "src=\"http" not in page and "<link" not in page
+    # CSV: tidy, one row per eval model × split × metric of every done cell
+    csv = pd.read_csv(files.results)
+    assert {"dataset", "method", "ipc", "seed", "protocol_id", "model_index", "split", "metric", "value"} <= set(csv)
+    assert len(csv) == (3 * 5) * 2 * 2 * 4  # 15 done cells × 2 models × 2 splits × 4 metrics
+    row = csv[(csv.dataset == "gamma") & (csv.method == "dm") & (csv.ipc == 10) & (csv.split == "test")
+              & (csv.metric == "accuracy")]
+    assert sorted(row.value) == pytest.approx([0.80, 0.82])  # 0.6 + 0.15 + 0.05 ± 0.01
+
+
+def test_mixed_protocols_get_separate_sections(tmp_path, capsys):
+    other = {"model": "convnet", "width": 64, "depth": 3, "epochs": 50, "full_epochs": 10, "lr": 0.05,
+             "augment": "dsa", "eval_models": 2}
+    recs = [record("random", "alpha", 10, [0.50, 0.50]), record("dm", "alpha", 10, [0.60, 0.60]),
+            record("random", "alpha", 10, [0.70, 0.70], protocol_id="p2", protocol=other),
+            record("dm", "alpha", 10, [0.25, 0.25], protocol_id="p2", protocol=other)]
+    db = store_with(tmp_path / "mixed.sqlite", recs)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "leaderboard.md").read_text()
+    assert "several evaluation protocols" in md
+    first, second = md.split("## Protocol `p2`")
+    assert "## Protocol `p1`" in first
+    assert "50.0" in first and "60.0" in first and "70.0" not in first and "25.0" not in first
+    assert "70.0" in second and "25.0" in second and "50.0" not in second
+    assert "convnet width 64 depth 3 · 50 epochs (full 10) · lr 0.05 · aug dsa · 2 eval models" in second
+    assert "+10.0" in first and "-45.0" in second  # gain vs random: within each protocol only
+    assert "needs at least 3 datasets (has 1)" in first
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert page.count('<section class="protocol"') == 2
+
+
+def test_report_cli_rejects_a_missing_database(tmp_path, capsys):
+    assert main(["report", "--db", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "r")]) == 2
+    assert "no results database" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
