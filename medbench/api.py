@@ -34,6 +34,9 @@ def run(
     db: str | Path = DEFAULT_DB,
     device: str = "auto",
     retry_failed: bool = False,
+    executor: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
     progress: bool = False,
     **protocol: Any,
 ) -> pd.DataFrame:
@@ -47,7 +50,7 @@ def run(
         method_args={k: dict(v) for k, v in (method_args or {}).items()},
         protocol=hparams.build(Protocol, protocol, context="protocol"),
         data_root=Path(data_root).expanduser(), download=download, db=Path(db), device=device,
-        retry_failed=retry_failed,
+        retry_failed=retry_failed, executor=executor, workers=workers, ray_address=ray_address,
     )
     return run_grid(spec, progress=progress)
 

@@ -16,6 +16,7 @@ from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
 from medbench.harness.grid import DEFAULT_DB, GridSpec
+from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.method import get_method, list_methods
 
 EXIT_USAGE = 2
@@ -23,7 +24,7 @@ DEFAULTS = Protocol()
 
 # Modules that add sub-commands: each defines ``register(subparsers)`` and sets ``func`` on its
 # parser (``func(args) -> int``). Keeps one idea per module instead of one growing cli.py.
-COMMAND_MODULES: list[str] = ["medbench.reports.commands"]
+COMMAND_MODULES: list[str] = ["medbench.reports.commands", "medbench.sharing.commands", "medbench.crossarch"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -96,44 +97,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'd*'")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("run", help="distil and evaluate a grid of cells, storing each result",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "run", help="distil and evaluate a grid of cells, storing each result",
+        description="Run a grid (methods × datasets × IPC × seeds) from options, a grid file or a preset. "
+                    "Options given here override the file. Stored cells are skipped (resume).")
+    p.add_argument("grid", nargs="?", type=Path, help="a grid YAML file (see examples/)")
+    p.add_argument("--preset", help="a named grid shipped with medbench, e.g. covid19-mtt")
     g = p.add_argument_group("grid")
-    g.add_argument("--methods", type=_str_list, default=("random",), help="comma-separated method names")
-    g.add_argument("--datasets", type=_str_list, default=("bloodmnist",),
-                   help="comma-separated dataset names or paths to MedMNIST-layout .npz files")
-    g.add_argument("--ipc", type=_int_list, default=(1, 10, 50), help="images per class, comma-separated")
-    g.add_argument("--seeds", type=_int_list, default=(0,), help="distillation seeds, comma-separated")
-    g.add_argument("--size", type=int, default=None,
+    g.add_argument("--methods", type=_str_list, help="comma-separated method names (default: random)")
+    g.add_argument("--datasets", type=_str_list,
+                   help="comma-separated dataset names, MedMNIST-layout .npz paths or class folders "
+                        "(default: bloodmnist)")
+    g.add_argument("--ipc", type=_int_list, help="images per class, comma-separated (default: 1,10,50)")
+    g.add_argument("--seeds", type=_int_list, help="distillation seeds, comma-separated (default: 0)")
+    g.add_argument("--size", type=int,
                    help="image size for MedMNIST sets (28, 64, 128, 224); default 28, or an npz file's own")
     g.add_argument("--method-args", action="append", default=[], metavar="SPEC",
                    help="method hyper-parameters: NAME:key=value,... or a YAML file {NAME: {key: value}}; "
                         "repeatable")
     e = p.add_argument_group("evaluation protocol (one for every method)")
-    e.add_argument("--eval-models", type=_positive(int), default=DEFAULTS.eval_models,
-                   help="networks trained per cell")
-    e.add_argument("--epochs", type=_positive(int), default=DEFAULTS.epochs, help="training epochs per network")
-    e.add_argument("--full-epochs", type=_positive(int), default=DEFAULTS.full_epochs,
-                   help="epochs when training on the full training set")
-    e.add_argument("--lr", type=_positive(float), default=DEFAULTS.lr,
-                   help="SGD learning rate (a method's learned lr replaces it)")
-    e.add_argument("--batch-size", type=_positive(int), default=DEFAULTS.batch_size, help="training batch size")
-    e.add_argument("--model", default=DEFAULTS.model, help="evaluation network")
-    e.add_argument("--width", type=_positive(int), default=DEFAULTS.width, help="ConvNet width")
-    e.add_argument("--depth", type=_positive(int), default=None,
-                   help="ConvNet depth (default: 3 for 28 px, 4 for 64, 5 for 128)")
-    e.add_argument("--norm", default=DEFAULTS.norm, choices=["instance", "batch", "none"], help="ConvNet norm")
-    e.add_argument("--eval-augment", default=DEFAULTS.augment, help="train-time augmentation of eval networks")
-    r = p.add_argument_group("data, storage, device")
-    r.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="MedMNIST root folder")
-    r.add_argument("--download", action="store_true",
+    e.add_argument("--eval-models", type=_positive(int),
+                   help=f"networks trained per cell (default: {DEFAULTS.eval_models})")
+    e.add_argument("--epochs", type=_positive(int), help=f"training epochs per network (default: {DEFAULTS.epochs})")
+    e.add_argument("--full-epochs", type=_positive(int),
+                   help=f"epochs when training on the full training set (default: {DEFAULTS.full_epochs})")
+    e.add_argument("--lr", type=_positive(float),
+                   help=f"SGD learning rate; a method's learned lr replaces it (default: {DEFAULTS.lr})")
+    e.add_argument("--batch-size", type=_positive(int), help=f"training batch size (default: {DEFAULTS.batch_size})")
+    e.add_argument("--model", help=f"evaluation network (default: {DEFAULTS.model})")
+    e.add_argument("--width", type=_positive(int), help=f"ConvNet width (default: {DEFAULTS.width})")
+    e.add_argument("--depth", type=_positive(int), help="ConvNet depth (default: 3 for 28 px, 4 for 64, 5 for 128)")
+    e.add_argument("--norm", choices=["instance", "batch", "none"], help=f"ConvNet norm (default: {DEFAULTS.norm})")
+    e.add_argument("--eval-augment", dest="augment",
+                   help=f"train-time augmentation of eval networks: none or dsa (default: {DEFAULTS.augment})")
+    r = p.add_argument_group("data, storage, execution")
+    r.add_argument("--data-root", type=Path, help=f"MedMNIST root folder (default: {DEFAULT_DATA_ROOT})")
+    r.add_argument("--download", action="store_true", default=None,
                    help="fetch missing MedMNIST files with medmnist's download (MD5-checked)")
-    r.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database")
-    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    r.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    r.add_argument("--db", type=Path, help=f"SQLite results database (default: {DEFAULT_DB})")
+    r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
+    r.add_argument("--workers", type=_positive(int), help="cells run in parallel in a local process pool")
+    r.add_argument("--executor", choices=["local", "process", "ray"],
+                   help="local (in-process, default), process (pool of --workers) or ray")
+    r.add_argument("--ray-address", help="join a Ray cluster: auto or HOST:PORT (default: start a local one)")
+    r.add_argument("--retry-failed", action="store_true", default=None, help="run failed cells again")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table",
-                   help="format of the final table")
+                   help="format of the final table (default: table)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("results", help="show stored results, one row per cell")
@@ -177,22 +187,38 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+PROTOCOL_OPTIONS = ("eval_models", "epochs", "full_epochs", "lr", "batch_size", "model", "width", "depth", "norm",
+                    "augment")
+GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "seeds": "seeds", "size": "size",
+                "data_root": "data_root", "download": "download", "db": "db", "device": "device",
+                "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
+                "ray_address": "ray_address"}
+
+
+def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
+    """Built-in defaults, then the grid file or preset, then options given on the command line."""
+    if args.grid and args.preset:
+        raise MedbenchError("give a grid file or --preset, not both")
+    source = preset_path(args.preset) if args.preset else args.grid
+    fields = read_grid_file(source) if source else {}
+    protocol = dict(fields.pop("protocol", {}))
+    protocol.update({k: getattr(args, k) for k in PROTOCOL_OPTIONS if getattr(args, k) is not None})
+    fields.update({field: getattr(args, opt) for opt, field in GRID_OPTIONS.items() if getattr(args, opt) is not None})
+    methods = fields.get("methods", GridSpec.methods)
+    method_args = fields.pop("method_args", {})
+    for name, values in parse_method_args(args.method_args, methods).items():
+        method_args.setdefault(name, {}).update(values)
+    if "data_root" in fields:
+        fields["data_root"] = Path(fields["data_root"]).expanduser()
+    return GridSpec(**fields, method_args=method_args,
+                    protocol=hparams.build(Protocol, protocol, context="protocol"))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from medbench.harness.runner import run_grid
     from medbench.summary import format_summary
 
-    protocol = hparams.build(Protocol, {
-        "model": args.model, "width": args.width, "depth": args.depth, "norm": args.norm,
-        "epochs": args.epochs, "full_epochs": args.full_epochs, "lr": args.lr, "batch_size": args.batch_size,
-        "eval_models": args.eval_models, "augment": args.eval_augment,
-    }, context="protocol")
-    spec = GridSpec(
-        methods=args.methods, datasets=args.datasets, ipcs=args.ipc, seeds=args.seeds, size=args.size,
-        method_args=parse_method_args(args.method_args, args.methods), protocol=protocol,
-        data_root=args.data_root.expanduser(), download=args.download, db=args.db, device=args.device,
-        retry_failed=args.retry_failed,
-    )
-    summary = run_grid(spec, progress=not args.no_progress)
+    summary = run_grid(grid_spec_from_args(args), progress=not args.no_progress)
     print(format_summary(summary, args.format))
     return 0
 

@@ -6,6 +6,7 @@ tensors, which matters for the 128 and 224 px MedMNIST sets and for keeping data
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -63,9 +64,7 @@ class Splits:
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize`, clamped and rounded back to uint8."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return ((images * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
+        return denormalize(images, self.mean, self.std)
 
     def to(self, device: torch.device | str) -> Splits:
         return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
@@ -86,6 +85,13 @@ class Splits:
             "license": self.license,
             **self.meta,
         }
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised float images (N, C, H, W) back to uint8 pixels, clamped."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return ((images * s + m) * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

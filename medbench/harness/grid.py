@@ -52,7 +52,8 @@ class GridSpec:
     """Everything one ``medbench run`` needs; the CLI and ``medbench.run`` both build one."""
 
     methods: tuple[str, ...] = ("random",)
-    datasets: tuple[str, ...] = ("bloodmnist",)
+    # names or paths; an entry may carry its own size as (ref, size)
+    datasets: tuple[str | tuple[str, int | None], ...] = ("bloodmnist",)
     ipcs: tuple[int, ...] = (1, 10, 50)
     seeds: tuple[int, ...] = (0,)
     size: int | None = None
@@ -63,6 +64,9 @@ class GridSpec:
     db: Path = DEFAULT_DB
     device: str = "auto"
     retry_failed: bool = False
+    executor: str = "local"  # local (in-process), process (a local pool) or ray
+    workers: int = 1
+    ray_address: str | None = None  # None: start a local Ray instance; "auto" or HOST:PORT to join one
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,8 +93,8 @@ def _dataset_key(ref: str, size: int | None) -> str:
             raise MedbenchError(f"{ref}: size {size} is not available; choose one of {source.sizes}")
         return ref
     path = Path(ref).expanduser().resolve()
-    if not path.is_file():
-        raise MedbenchError(f"{ref}: no such dataset file (and no registered dataset of that name)")
+    if not (path.is_file() or path.is_dir()):
+        raise MedbenchError(f"{ref}: no such dataset file or folder (and no registered dataset of that name)")
     return str(path)
 
 
@@ -100,8 +104,14 @@ def expand(spec: GridSpec) -> list[Cell]:
         raise MedbenchError("a grid needs at least one method, one dataset and one seed")
     if any(ipc < 1 for ipc in spec.ipcs):
         raise MedbenchError(f"IPC must be at least 1, got {', '.join(map(str, spec.ipcs))}")
-    if spec.size is not None and spec.size < 8:
-        raise MedbenchError(f"size {spec.size} is too small (MedMNIST sizes: {MEDMNIST_SIZES})")
+    sizes = {spec.size} | {e[1] for e in spec.datasets if isinstance(e, tuple)}
+    if any(size is not None and size < 8 for size in sizes):
+        raise MedbenchError(f"sizes {sorted(s for s in sizes if s)} include one below 8 px "
+                            f"(MedMNIST sizes: {MEDMNIST_SIZES})")
+    if spec.executor not in ("local", "process", "ray"):
+        raise MedbenchError(f"unknown executor {spec.executor!r}; choose local, process or ray")
+    if spec.workers < 1:
+        raise MedbenchError(f"workers must be at least 1, got {spec.workers}")
     stray = sorted(set(spec.method_args) - set(spec.methods))
     if stray:
         raise MedbenchError(f"method arguments given for {', '.join(stray)}, which is not in the grid")
@@ -109,11 +119,12 @@ def expand(spec: GridSpec) -> list[Cell]:
     params = {name: as_dict(m.make_params(spec.method_args.get(name))) for name, m in methods.items()}
     if any(m.uses_ipc for m in methods.values()) and not spec.ipcs:
         raise MedbenchError("no IPC given")
-    datasets = [_dataset_key(ref, spec.size) for ref in spec.datasets]
+    entries = [entry if isinstance(entry, tuple) else (entry, spec.size) for entry in spec.datasets]
+    datasets = [(_dataset_key(ref, size), size) for ref, size in entries]
     cells = []
-    for dataset in datasets:
+    for dataset, size in datasets:
         for name, method in methods.items():
             for ipc in spec.ipcs if method.uses_ipc else [None]:
                 for seed in spec.seeds:
-                    cells.append(Cell(name, dataset, spec.size, ipc, seed, params[name], spec.protocol))
+                    cells.append(Cell(name, dataset, size, ipc, seed, params[name], spec.protocol))
     return cells

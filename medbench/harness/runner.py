@@ -1,19 +1,25 @@
-"""Run a grid: load each dataset once, distil and evaluate every pending cell, store each one.
+"""Run a grid: distil and evaluate every pending cell, store each one as it finishes.
 
-This is the only place that knows about grids, resume and progress. A cell is stored in one
-transaction after it has been evaluated, so an interrupted run loses at most the cell in
-progress, and the next run skips every stored cell.
+This is the only place that knows about grids, resume, executors and progress. Cells run
+in-process (default), in a local process pool (``workers``) or as Ray tasks; whichever runs a
+cell returns its record and condensed set, and the driver alone writes files and the database,
+so SQLite is never written concurrently. A cell is stored in one transaction once evaluated:
+an interrupted run loses at most the cells in progress, and the next run skips stored cells.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
+from functools import lru_cache
 from itertools import groupby
+from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
@@ -31,11 +37,13 @@ from medbench.storage.provenance import environment
 from medbench.storage.store import CellRecord, ModelRow, Store
 from medbench.summary import summarize
 
+Outcome = tuple[CellRecord, CondensedSet | None]
+
 
 class _Bar:
     """One progress bar per cell, re-labelled for each phase; silent when progress is off."""
 
-    def __init__(self, enabled: bool, position: int) -> None:
+    def __init__(self, enabled: bool, position: int = 1) -> None:
         self.enabled = enabled
         self.position = position
         self.bar: tqdm | None = None
@@ -57,7 +65,7 @@ class _Bar:
             self.bar = None
 
 
-def _check_ipc(cells: list[Cell], splits: Splits) -> None:
+def check_ipc(cells: Iterable[Cell], splits: Splits) -> None:
     smallest = min(splits.train.class_counts(splits.num_classes))
     too_big = sorted({c.ipc for c in cells if c.ipc is not None and c.ipc > smallest})
     if too_big:
@@ -65,10 +73,6 @@ def _check_ipc(cells: list[Cell], splits: Splits) -> None:
             f"{splits.name}: IPC {', '.join(map(str, too_big))} exceeds the smallest class "
             f"({smallest} training images)"
         )
-
-
-def _condensed_path(db: Path, cell: Cell) -> Path:
-    return db.parent / "condensed" / f"{cell.cell_id}.npz"
 
 
 def _validate_output(condensed: CondensedSet, splits: Splits, method: str) -> None:
@@ -80,70 +84,135 @@ def _validate_output(condensed: CondensedSet, splits: Splits, method: str) -> No
         raise CellFailed(f"method {method} returned non-finite images")
 
 
-def run_cell(cell: Cell, splits: Splits, db: Path, bar: _Bar) -> CellRecord:
-    """Distil and evaluate one cell. Raises CellFailed when the method cannot finish."""
-    method = get_method(cell.method)
-    params = method.make_params(cell.params)
-    device = splits.device
-    checkpoint_dir = db.parent / "checkpoints" / cell.cell_id
-    task = DistillTask(
-        train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=cell.ipc or 0,
-        seed=cell.seed, device=device, normalize=splits.normalize, model=cell.protocol.model_spec(),
-        checkpoint_dir=checkpoint_dir, progress=bar.update,
-    )
-    torch.manual_seed(cell.seed)  # for methods that draw from the global generator
-    bar.phase(f"distil {cell.label}")
-    start = time.perf_counter()
-    condensed = method.run(task, params).detach()
-    distill_seconds = time.perf_counter() - start
-    _validate_output(condensed, splits, cell.method)
-
-    bar.phase(f"eval   {cell.label}")
-    start = time.perf_counter()
-    scores = evaluate(condensed, splits, cell.protocol, seed=cell.seed, full=not method.uses_ipc,
-                      on_epoch=bar.update)
-    eval_seconds = time.perf_counter() - start
-
-    path = None
-    if method.uses_ipc:  # the full training set is not copied again next to the database
-        path = _condensed_path(db, cell)
-        save_condensed(path, condensed, splits)
-    n_images = len(condensed)
+def _base_record(cell: Cell, splits: Splits, **fields) -> CellRecord:
     return CellRecord(
         cell_id=cell.cell_id, method=cell.method, dataset=splits.name, size=splits.size, ipc=cell.ipc,
         seed=cell.seed, protocol_id=cell.protocol_id,
         config={"method": cell.method, "params": cell.params, "protocol": asdict(cell.protocol),
-                "dataset_ref": cell.dataset, "dataset": splits.describe(), "condensed_info": condensed.info},
-        environment=environment(device),
-        distill_seconds=distill_seconds, eval_seconds=eval_seconds, condensed_images=n_images,
+                "dataset_ref": cell.dataset, "dataset": splits.describe(), **fields.pop("config", {})},
+        environment=environment(splits.device), **fields,
+    )
+
+
+def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None) -> Outcome:
+    """Distil and evaluate one cell; a method that cannot finish gives a failed record."""
+    bar = bar or _Bar(False)
+    method = get_method(cell.method)
+    params = method.make_params(cell.params)
+    task = DistillTask(
+        train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=cell.ipc or 0,
+        seed=cell.seed, device=splits.device, normalize=splits.normalize, model=cell.protocol.model_spec(),
+        checkpoint_dir=workdir / "checkpoints" / cell.cell_id, progress=bar.update,
+    )
+    torch.manual_seed(cell.seed)  # for methods that draw from the global generator
+    try:
+        bar.phase(f"distil {cell.label}")
+        start = time.perf_counter()
+        condensed = method.run(task, params).detach()
+        distill_seconds = time.perf_counter() - start
+        _validate_output(condensed, splits, cell.method)
+    except CellFailed as exc:
+        return _base_record(cell, splits, status="failed", message=str(exc)), None
+    finally:
+        bar.close()
+
+    bar.phase(f"eval   {cell.label}")
+    start = time.perf_counter()
+    try:
+        scores = evaluate(condensed, splits, cell.protocol, seed=cell.seed, full=not method.uses_ipc,
+                          on_epoch=bar.update)
+    finally:
+        bar.close()
+    n_images = len(condensed)
+    record = _base_record(
+        cell, splits, config={"condensed_info": condensed.info},
+        distill_seconds=distill_seconds, eval_seconds=time.perf_counter() - start, condensed_images=n_images,
         condensed_bytes=condensed.images.numel() * 4,  # float32, as stored
         compression_ratio=n_images / len(splits.train),
-        condensed_path=str(path) if path else None,
         models=[ModelRow(s.index, s.seed, s.lr, s.epochs, s.train_seconds, {"val": s.val, "test": s.test})
                 for s in scores],
     )
+    # The full training set is not copied again next to the database.
+    return record, condensed if method.uses_ipc else None
 
 
-def _failed_record(cell: Cell, splits: Splits, message: str) -> CellRecord:
-    return CellRecord(
-        cell_id=cell.cell_id, method=cell.method, dataset=splits.name, size=splits.size, ipc=cell.ipc,
-        seed=cell.seed, protocol_id=cell.protocol_id, status="failed", message=message,
-        config={"method": cell.method, "params": cell.params, "protocol": asdict(cell.protocol),
-                "dataset_ref": cell.dataset, "dataset": splits.describe()},
-        environment=environment(splits.device),
-    )
+# --- executors ------------------------------------------------------------------------------
 
 
-@contextmanager
-def _overall_bar(total: int, initial: int, enabled: bool) -> Iterator[tqdm | None]:
-    if not enabled:
-        yield None
-        return
-    bar = tqdm(total=total, initial=initial, desc="cells", position=0, file=sys.stderr, dynamic_ncols=True)
+def _run_local(cells: list[Cell], spec: GridSpec, device: torch.device, progress: bool) -> Iterator[Outcome]:
+    """In-process: each dataset is loaded once and kept on the device for all its cells."""
+    bar = _Bar(progress)
+    for dataset, group in groupby(cells, key=lambda c: (c.dataset, c.size)):
+        group = list(group)
+        splits = load_dataset(dataset[0], size=dataset[1], root=spec.data_root, download=spec.download).to(device)
+        check_ipc(group, splits)
+        for cell in group:
+            yield run_cell(cell, splits, spec.db.parent, bar)
+
+
+@lru_cache(maxsize=2)
+def _worker_splits(ref: str, size: int | None, root: str, download: bool, device: str) -> Splits:
+    # A worker keeps its last datasets, so cells of one dataset do not reload it.
+    return load_dataset(ref, size=size, root=Path(root), download=download).to(device)
+
+
+def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: str, threads: int) -> Outcome:
+    """Run one cell in a worker process (pool or Ray): load (cached), check, distil, evaluate."""
+    torch.set_num_threads(threads)
+    splits = _worker_splits(cell.dataset, cell.size, root, download, device)
+    check_ipc([cell], splits)
+    return run_cell(cell, splits, Path(workdir))
+
+
+def _worker_args(spec: GridSpec, device: torch.device) -> tuple:
+    threads = max(1, (os.cpu_count() or 1) // spec.workers)
+    return str(spec.data_root), spec.download, str(device), str(spec.db.parent.resolve()), threads
+
+
+def _run_pool(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
+    args = _worker_args(spec, device)
+    # spawn, not fork: forking a process that already holds torch threads (or CUDA) is unsafe.
+    with ProcessPoolExecutor(spec.workers, mp_context=get_context("spawn")) as pool:
+        pending = {pool.submit(execute_cell, cell, *args) for cell in cells}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _run_ray(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
     try:
-        yield bar
+        import ray
+    except ImportError:
+        raise MedbenchError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
+    if not ray.is_initialized():
+        ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=False)
+    args = _worker_args(spec, device)
+    task = ray.remote(num_cpus=args[-1], num_gpus=1 if device.type == "cuda" else 0)(execute_cell)
+    pending = [task.remote(cell, *args) for cell in cells]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.as_instanceof_cause()
+                raise (cause if isinstance(cause, MedbenchError) else exc) from None
     finally:
-        bar.close()
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def _outcomes(cells: list[Cell], spec: GridSpec, device: torch.device, progress: bool) -> Iterator[Outcome]:
+    if spec.executor == "ray":
+        return _run_ray(cells, spec, device)
+    if spec.executor == "process" or spec.workers > 1:
+        return _run_pool(cells, spec, device)
+    return _run_local(cells, spec, device, progress)
 
 
 def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
@@ -151,26 +220,25 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     cells = expand(spec)
     device = resolve_device(spec.device)
     db = Path(spec.db)
+    spec = dataclasses.replace(spec, db=db)
     with Store(db) as store:
-        skip = {"done", "failed"} if not spec.retry_failed else {"done"}
+        skip = {"done"} if spec.retry_failed else {"done", "failed"}
         pending = [c for c in cells if store.status(c.cell_id) not in skip]
-        bar = _Bar(progress, position=1)
-        with _overall_bar(len(cells), len(cells) - len(pending), progress) as overall:
-            for dataset, group in groupby(pending, key=lambda c: c.dataset):
-                group = list(group)
-                splits = load_dataset(dataset, size=spec.size, root=spec.data_root,
-                                      download=spec.download).to(device)
-                _check_ipc(group, splits)
-                for cell in group:
-                    try:
-                        record = run_cell(cell, splits, db, bar)
-                    except CellFailed as exc:
-                        record = _failed_record(cell, splits, str(exc))
-                        tqdm.write(f"medbench: {cell.label} failed: {exc}", file=sys.stderr)
-                    finally:
-                        bar.close()
-                    store.write(record)
-                    shutil.rmtree(db.parent / "checkpoints" / cell.cell_id, ignore_errors=True)
-                    if overall is not None:
-                        overall.update(1)
+        overall = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="cells", position=0,
+                       file=sys.stderr, dynamic_ncols=True, disable=not progress)
+        try:
+            for record, condensed in _outcomes(pending, spec, device, progress):
+                if condensed is not None:
+                    path = db.parent / "condensed" / f"{record.cell_id}.npz"
+                    stats = record.config["dataset"]
+                    save_condensed(path, condensed, stats["mean"], stats["std"])
+                    record = dataclasses.replace(record, condensed_path=str(path))
+                store.write(record)
+                if record.status == "failed":
+                    tqdm.write(f"medbench: {record.method} · {record.dataset} · ipc {record.ipc} failed: "
+                               f"{record.message}", file=sys.stderr)
+                shutil.rmtree(db.parent / "checkpoints" / record.cell_id, ignore_errors=True)
+                overall.update(1)
+        finally:
+            overall.close()
         return summarize(store, [c.cell_id for c in cells])

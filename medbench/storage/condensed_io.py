@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medbench.data.splits import Splits
+from medbench.data.splits import denormalize
 from medbench.method import CondensedSet
 
 
-def save_condensed(path: Path, condensed: CondensedSet, splits: Splits) -> int:
+def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], std: Sequence[float]) -> int:
     """Write ``train_images`` (uint8, MedMNIST layout) and ``train_labels`` (N×1), plus the exact
     float32 images, the learned lr and any extras. Returns the file size in bytes."""
     images = condensed.images.detach().float().cpu()
-    as_uint8 = splits.denormalize(images).permute(0, 2, 3, 1).numpy()
+    as_uint8 = denormalize(images, mean, std).permute(0, 2, 3, 1).numpy()
     if as_uint8.shape[-1] == 1:
         as_uint8 = as_uint8[..., 0]
     labels = condensed.labels.detach().cpu()
@@ -24,8 +25,8 @@ def save_condensed(path: Path, condensed: CondensedSet, splits: Splits) -> int:
         "train_images": as_uint8,
         "train_labels": (labels.argmax(1) if labels.is_floating_point() else labels).reshape(-1, 1).numpy(),
         "images_float32": images.numpy(),
-        "norm_mean": np.asarray(splits.mean, dtype=np.float32),
-        "norm_std": np.asarray(splits.std, dtype=np.float32),
+        "norm_mean": np.asarray(mean, dtype=np.float32),
+        "norm_std": np.asarray(std, dtype=np.float32),
     }
     if labels.is_floating_point():
         arrays["soft_labels"] = labels.float().numpy()
