@@ -5,5 +5,6 @@ from medbench.methods import (  # noqa: F401
     dm,
     full,
     mtt,
+    package,
     random_selection,
 )

@@ -1,0 +1,214 @@
+"""Cross-architecture evaluation: does a set distilled with the ConvNet also train other networks?
+
+For each stored done cell with a condensed set, the set is evaluated again by the standard
+:func:`medbench.evaluation.evaluate` under a protocol identical to the cell's except ``model``.
+Each result is stored as a new cell (same method, dataset, IPC and seed; ``config.crossarch``
+names the source cell). The new cell's ``protocol_id`` is the one ``medbench run --model ARCH``
+would give, so it is compared with cells evaluated by that network; its ``cell_id`` also hashes
+the source cell, so it never collides with a set that was *distilled* with that network.
+Stored cells are skipped (resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from medbench import hparams
+from medbench.data.catalog import DEFAULT_DATA_ROOT
+from medbench.errors import CellFailed, MedbenchError
+from medbench.evaluation import Protocol, evaluate
+from medbench.harness.grid import DEFAULT_DB, Cell, resolve_device
+from medbench.models import MODELS
+from medbench.sharing.stored import StoredCell, load_cell_splits, open_store, stored_cell
+from medbench.storage.condensed_io import load_condensed
+from medbench.storage.provenance import environment
+from medbench.storage.store import CellRecord, ModelRow, Store
+from medbench.summary import summarize
+
+DEFAULT_ARCHS = ("convnet", "resnet18", "vgg11", "alexnet")
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def source_cells(store: Store, *, cells: str | None = None, methods: Sequence[str] = ()) -> list[StoredCell]:
+    """Done cells with a condensed set that are not themselves cross-architecture results."""
+    table = store.cells()
+    table = table[(table.status == "done") & table.condensed_path.notna()]
+    if cells:
+        table = table[[fnmatch.fnmatchcase(c, cells) or c.startswith(cells) for c in table.cell_id]]
+    if methods:
+        table = table[table.method.isin(methods)]
+    out = [stored_cell(store, row) for _, row in table.iterrows()]
+    return [c for c in out if "crossarch" not in c.config]
+
+
+def target(cell: StoredCell, arch: str) -> tuple[str, str, Protocol]:
+    """(cell_id, protocol_id, protocol) of ``cell`` evaluated by ``arch``."""
+    protocol = hparams.build(Protocol, {**cell.config["protocol"], "model": arch}, context="protocol")
+    row = cell.row
+    protocol_id = Cell(str(row.method), str(cell.config.get("dataset_ref", row.dataset)), _int_or_none(row["size"]),
+                       _int_or_none(row.ipc), int(row.seed), dict(cell.config.get("params", {})),
+                       protocol).protocol_id
+    return _digest(["crossarch", cell.cell_id, asdict(protocol)]), protocol_id, protocol
+
+
+def _record(cell: StoredCell, arch: str, cell_id: str, protocol_id: str, protocol: Protocol, scores: list,
+            eval_seconds: float, device: Any) -> CellRecord:
+    row = cell.row
+    config = {**cell.config, "protocol": asdict(protocol),
+              "crossarch": {"source_cell": cell.cell_id, "source_protocol_id": str(row.protocol_id),
+                            "source_model": cell.config["protocol"].get("model"), "model": arch}}
+    return CellRecord(
+        cell_id=cell_id, method=str(row.method), dataset=str(row.dataset), size=_int_or_none(row["size"]),
+        ipc=_int_or_none(row.ipc), seed=int(row.seed), protocol_id=protocol_id, config=config,
+        environment=environment(device), distill_seconds=None, eval_seconds=eval_seconds,
+        condensed_images=_int_or_none(row.condensed_images), condensed_bytes=_int_or_none(row.condensed_bytes),
+        compression_ratio=None if pd.isna(row.compression_ratio) else float(row.compression_ratio),
+        condensed_path=str(cell.condensed_path),
+        models=[ModelRow(s.index, s.seed, s.lr, s.epochs, s.train_seconds, {"val": s.val, "test": s.test})
+                for s in scores],
+    )
+
+
+def run_crossarch(db: Path, archs: Sequence[str], *, cells: str | None = None, methods: Sequence[str] = (),
+                  data_root: Path = DEFAULT_DATA_ROOT, device: str = "auto", log: Any = None) -> list[str]:
+    """Evaluate every selected cell with every architecture; returns the ids of all target cells
+    (new and already stored)."""
+    unknown = [a for a in archs if a not in MODELS]
+    if unknown:
+        raise MedbenchError(f"unknown model {', '.join(unknown)}; available: {', '.join(MODELS.names())}")
+    if not archs:
+        raise MedbenchError("give at least one architecture with --archs")
+    dev = resolve_device(device)
+    targets: list[str] = []
+    splits_cache: dict[tuple, Any] = {}
+    with open_store(db) as store:
+        sources = source_cells(store, cells=cells, methods=methods)
+        if not sources:
+            raise MedbenchError(f"{db}: no done cell with a condensed set matches the selection")
+        for cell in sources:
+            for arch in archs:
+                if arch == cell.config["protocol"].get("model"):
+                    continue  # the source cell is this architecture's result
+                cell_id, protocol_id, protocol = target(cell, arch)
+                targets.append(cell_id)
+                if store.status(cell_id) == "done":
+                    continue
+                key = (cell.config.get("dataset_ref"), cell.row["size"])
+                if key not in splits_cache:
+                    splits_cache.clear()  # one dataset in memory at a time
+                    splits_cache[key] = load_cell_splits(cell, data_root, dev)
+                splits = splits_cache[key]
+                condensed = load_condensed(cell.require_condensed())
+                start = time.perf_counter()
+                try:
+                    scores = evaluate(condensed, splits, protocol, seed=int(cell.row.seed))
+                except CellFailed as exc:
+                    record = CellRecord(cell_id, str(cell.row.method), str(cell.row.dataset),
+                                        _int_or_none(cell.row["size"]), _int_or_none(cell.row.ipc),
+                                        int(cell.row.seed), protocol_id, {**cell.config, "protocol": asdict(protocol),
+                                        "crossarch": {"source_cell": cell.cell_id, "model": arch}},
+                                        environment(dev), status="failed", message=str(exc))
+                else:
+                    record = _record(cell, arch, cell_id, protocol_id, protocol, scores,
+                                     time.perf_counter() - start, dev)
+                store.write(record)
+                if log is not None:
+                    print(f"crossarch: {cell.row.method} · {cell.row.dataset} · ipc {cell.row.ipc} · "
+                          f"seed {cell.row.seed} · {arch}: {record.status}", file=log)
+    return targets
+
+
+def crossarch_table(store: Store) -> pd.DataFrame:
+    """Test accuracy of each source cell's network and every other architecture, and the drop
+    (source − arch, percentage points), averaged over seeds per dataset, method and IPC."""
+    summary = summarize(store)
+    if summary.empty:
+        return pd.DataFrame()
+    cells = store.cells()
+    config = {r.cell_id: json.loads(r.config) for r in cells.itertuples()}
+    acc = dict(zip(summary.cell_id, summary.test_accuracy, strict=True))
+    rows = []
+    for cid, cfg in config.items():
+        link = cfg.get("crossarch")
+        if not link or link.get("source_cell") not in acc:
+            continue
+        src = summary[summary.cell_id == link["source_cell"]].iloc[0]
+        rows.append({"dataset": src.dataset, "method": src.method, "ipc": src.ipc, "seed": src.seed,
+                     "source_model": link.get("source_model", "convnet"), "arch": link["model"],
+                     "source_acc": acc[link["source_cell"]], "arch_acc": acc.get(cid, np.nan)})
+    if not rows:
+        return pd.DataFrame()
+    long = pd.DataFrame(rows)
+    keys = ["dataset", "method", "ipc", "source_model"]
+    long["ipc"] = long["ipc"].astype(str)
+    per_arch = long.groupby([*keys, "arch"], as_index=False).agg(
+        source_acc=("source_acc", "mean"), arch_acc=("arch_acc", "mean"), seeds=("seed", "nunique"))
+    per_arch["drop_pp"] = 100 * (per_arch.source_acc - per_arch.arch_acc)
+    return per_arch.sort_values([*keys, "arch"]).reset_index(drop=True)
+
+
+def format_crossarch(table: pd.DataFrame) -> str:
+    """One row per dataset · method · IPC: the source network's accuracy, then each architecture's
+    accuracy with the drop from the source in percentage points."""
+    if table.empty:
+        return "no cross-architecture results"
+    keys = ["dataset", "method", "ipc", "source_model"]
+    rows = []
+    for key, group in table.groupby(keys, sort=False):
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        row["source acc %"] = f"{100 * group.source_acc.iloc[0]:.1f}"
+        for r in group.itertuples():
+            row[f"{r.arch} % (drop pp)"] = "—" if pd.isna(r.arch_acc) else f"{100 * r.arch_acc:.1f} ({r.drop_pp:+.1f})"
+        row["seeds"] = int(group.seeds.max())
+        rows.append(row)
+    return tabulate(rows, headers="keys", tablefmt="github")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def cmd_crossarch(args: argparse.Namespace) -> int:
+    run_crossarch(args.db, args.archs, cells=args.cells, methods=args.methods or (), data_root=args.data_root,
+                  device=args.device, log=None if args.quiet else sys.stderr)
+    with Store(args.db) as store:
+        print(format_crossarch(crossarch_table(store)))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("crossarch", help="evaluate stored condensed sets with other networks",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    p.add_argument("--archs", type=_list, default=DEFAULT_ARCHS,
+                   help="comma-separated models (default: %(default)s); the source's own is skipped")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--cells", metavar="GLOB", help="cell ids matching this glob (or starting with it)")
+    which.add_argument("--methods", type=_list, help="only cells of these methods")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="MedMNIST root folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--quiet", action="store_true", help="no line per evaluated cell")
+    p.set_defaults(func=cmd_crossarch)

@@ -1,0 +1,88 @@
+"""Reading a package back as a training set for the receiver's own dataset.
+
+A package holds a *training* set only. The receiver names a dataset of their own (the same task,
+e.g. their PneumoniaMNIST-style data) and evaluates with the standard protocol on its val/test,
+through the ``package`` method: ``medbench run --methods package --method-args
+package:path=DIR --ipc N --datasets THEIRS``. The images are moved from the source's
+normalisation into the receiver's (the pixels are what was shared; the statistics belong to each
+site's training split), and a ZCA transform is rewritten to take receiver-normalised inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medbench.errors import MedbenchError
+from medbench.method import CondensedSet, DistillTask
+from medbench.sharing.export import MANIFEST, NPZ, require_valid
+from medbench.sharing.stored import read_npz_arrays
+
+
+def is_package(path: Path | str) -> bool:
+    return (Path(path).expanduser() / MANIFEST).is_file()
+
+
+def _receiver_stats(task: DistillTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std behind ``task.normalize`` (an affine map of pixel/255)."""
+    c = task.channels
+    zero = task.normalize(torch.zeros(1, c, 1, 1, dtype=torch.uint8, device=task.device)).cpu().view(c)
+    one = task.normalize(torch.full((1, c, 1, 1), 255, dtype=torch.uint8, device=task.device)).cpu().view(c)
+    std = 1.0 / (one - zero)
+    return -zero * std, std
+
+
+def check_compatible(manifest: dict[str, Any], channels: int, size: int, num_classes: int, ipc: int,
+                     where: str) -> None:
+    """One line naming every mismatch between the package and the receiving dataset."""
+    ds = manifest.get("dataset", {})
+    ours = (ds.get("channels"), ds.get("size"), ds.get("num_classes"))
+    theirs = (channels, size, num_classes)
+    if ours != theirs:
+        raise MedbenchError(
+            f"{where}: package from {ds.get('name')} is {ours[0]}-channel {ours[1]} px with {ours[2]} classes, "
+            f"the dataset is {channels}-channel {size} px with {num_classes} classes")
+    if manifest.get("ipc") is not None and ipc != manifest["ipc"]:
+        raise MedbenchError(f"{where}: package has IPC {manifest['ipc']}; run it with --ipc {manifest['ipc']}")
+
+
+def package_condensed(path: Path, task: DistillTask, sha256: str = "") -> CondensedSet:
+    """The package's images as a condensed set in ``task``'s normalisation, after verifying it."""
+    path = Path(path).expanduser()
+    manifest = require_valid(path).manifest
+    if sha256 and manifest["files"][NPZ]["sha256"] != sha256:
+        raise MedbenchError(f"{path}: {NPZ} has sha256 {manifest['files'][NPZ]['sha256'][:12]}…, "
+                            f"not the pinned {sha256[:12]}…")
+    check_compatible(manifest, task.channels, task.size, task.num_classes, task.ipc, str(path))
+    arrays = read_npz_arrays(path / NPZ)
+    images = torch.from_numpy(arrays["images_float32"]).float()
+    c = images.shape[1]
+    src_mean = torch.from_numpy(arrays["norm_mean"].astype(np.float32)).view(1, c, 1, 1)
+    src_std = torch.from_numpy(arrays["norm_std"].astype(np.float32)).view(1, c, 1, 1)
+    extras: dict[str, torch.Tensor] = {}
+    if "extra_zca_matrix" in arrays:
+        # Images live in the ZCA space; leave them and fold the change of normalisation into the
+        # transform instead: W (a⊙x_r + b − μ) = (W diag a)(x_r − (μ − b)/a).
+        mean_r, std_r = _receiver_stats(task)
+        hw = images.shape[2] * images.shape[3]
+        a = (std_r / src_std.view(c)).repeat_interleave(hw)
+        b = ((mean_r - src_mean.view(c)) / src_std.view(c)).repeat_interleave(hw)
+        matrix = torch.from_numpy(arrays["extra_zca_matrix"]).float()
+        mu = torch.from_numpy(arrays["extra_zca_mean"]).float()
+        extras = {"zca_matrix": matrix * a[None, :], "zca_mean": (mu - b) / a}
+    else:
+        pixels = images * src_std + src_mean  # [0, 1] pixel space of the source
+        images = task.normalize((pixels * 255.0).to(task.device)).cpu()  # float input: no rounding
+    if "soft_labels" in arrays:
+        labels = torch.from_numpy(arrays["soft_labels"]).float()
+    else:
+        labels = torch.from_numpy(arrays["train_labels"].reshape(-1).astype(np.int64))
+    lr = float(arrays["learned_lr"]) if "learned_lr" in arrays else None
+    info = {"package_cell": manifest.get("source_cell", {}).get("cell_id"),
+            "package_sha256": manifest["files"][NPZ]["sha256"],
+            "package_dataset": manifest.get("dataset", {}).get("name"),
+            "package_method": manifest.get("method", {}).get("name")}
+    return CondensedSet(images.contiguous(), labels, lr=lr, extras=extras, info=info)
