@@ -210,3 +210,10 @@ def test_ipc_larger_than_class_is_refused(task, experts_root):
     big = dataclasses.replace(task, ipc=1000)
     with pytest.raises(MedbenchError, match="IPC"):
         run(big, experts_root)
+
+
+def test_default_params_use_the_default_buffer():
+    """`medbench experts` with its defaults builds exactly the buffer a default MTT run looks for."""
+    from medbench.experts import ExpertConfig
+
+    assert MTTParams().expert_config() == ExpertConfig()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from medbench.methods.mtt import IMPLEMENTATIONS, plan_unroll
-from mtt_memory import measure, probe
+from mtt_memory import probe
 
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.experts import FlatParams, build_seeded
@@ -18,7 +18,7 @@ from medbench.models import ModelSpec
 
 @pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
 def test_bench_mtt_iteration(benchmark, implementation):
-    """One distillation iteration: 3 classes × IPC 2, 16 px RGB, width-16 ConvNet, J = 5, DSA."""
+    """One distillation iteration: 3 classes × IPC 2, 16 px RGB, width-16 ConvNet, J = 4, DSA."""
     torch.manual_seed(0)
     net = FlatParams(build_seeded(ModelSpec("convnet", {"width": 16}), 3, 3, 16, 0, torch.device("cpu")))
     g = torch.Generator().manual_seed(0)
@@ -27,7 +27,7 @@ def test_bench_mtt_iteration(benchmark, implementation):
     images = torch.randn(6, 3, 16, 16, generator=g)
     labels = torch.arange(3).repeat_interleave(2)
     augment = SiameseAugment(AugmentConfig(), 3)
-    plan = plan_unroll(6, 6, 5, g, augment, images)
+    plan = plan_unroll(6, 6, 4, g, augment, images)
     match = IMPLEMENTATIONS[implementation]
     out = benchmark(match, net, images, labels, torch.tensor(0.01), start, target, plan, augment)
     assert torch.isfinite(out.grad_images).all()
@@ -36,5 +36,4 @@ def test_bench_mtt_iteration(benchmark, implementation):
 def test_memory_probe_runs_in_subprocess():
     """The probe script works end to end (tiny setting; the real table is run by hand)."""
     row = probe("tesla", 2, classes=2, ipc=1, size=8, width=4, augment=False, threads=1)
-    assert row["steps"] == 2 and row["peak_mb"] > 0 and row["params"] > 0
-    assert measure("unrolled", 1, classes=2, ipc=1, size=8, width=4, augment=False)["seconds"] >= 0
+    assert row["steps"] == 2 and row["peak_mb"] > 0 and row["delta_mb"] >= 0 and row["params"] > 0
