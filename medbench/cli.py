@@ -170,7 +170,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         src = DATASETS.get(name)
         rows.append({
             "dataset": name, "classes": src.num_classes, "channels": src.channels,
-            "sizes": ",".join(map(str, src.sizes)),
+            "sizes": ",".join(map(str, src.sizes)) or "any",
             f"present ({args.size} px)": "yes" if src.is_present(args.size, args.data_root.expanduser()) else "no",
             "license": src.license, "notes": f"unsupported: {src.unsupported}" if src.unsupported else "",
         })

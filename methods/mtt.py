@@ -53,7 +53,6 @@ from safetensors.torch import save as st_save
 
 from medbench.errors import CellFailed, MedbenchError
 from medbench.experts import (
-    ZCA,
     ExpertBuffer,
     ExpertConfig,
     FlatParams,
@@ -66,6 +65,7 @@ from medbench.experts import (
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
 from medbench.training import accuracy, loss_fn, train_network
+from medbench.whitening import ZCA
 
 STATE_FILE = "mtt_state.safetensors"
 

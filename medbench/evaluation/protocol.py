@@ -20,6 +20,7 @@ from medbench.hparams import check
 from medbench.method import CondensedSet
 from medbench.models import ModelSpec
 from medbench.training import Augment, predict_proba, train_network
+from medbench.whitening import ZCA
 
 
 def _dsa(channels: int) -> Augment:
@@ -114,9 +115,14 @@ def evaluate(
         )
         trained.append((k, model_seed, model, time.perf_counter() - start))
 
+    # A set distilled in ZCA-whitened space (MTT with zca) carries its transform: real images
+    # must be scored in that same space.
+    zca = ZCA.from_extras(condensed.extras)
+    prepare = splits.normalize if zca is None else (lambda x: zca(splits.normalize(x)))
+
     def score(model: torch.nn.Module, split_name: str) -> dict[str, float]:
         split = getattr(splits, split_name)
-        probs = predict_proba(model, split.images, prepare=splits.normalize)
+        probs = predict_proba(model, split.images, prepare=prepare)
         return classification_metrics(split.labels.cpu().numpy(), probs.numpy())
 
     val_scores = [score(model, "val") for _, _, model, _ in trained]
