@@ -151,13 +151,14 @@ def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget
                     tiles.append(f'<div class="tile missing">{html.escape(method)}: condensed set not found</div>')
                     continue
                 budget[0] -= 1
-                pixels, classes = figures.mosaic(*loaded, per_class)
-                zoom = max(1.0, min(3.0, 330 / pixels.shape[1]))  # small sets enlarged, pixels kept sharp
+                pixels, classes, by_row = figures.mosaic(*loaded, per_class)
+                # small sets enlarged (pixels kept sharp), large ones kept within a tile
+                zoom = max(1.0, min(3.0, 330 / pixels.shape[1], 330 / pixels.shape[0]))
                 tiles.append(
                     f'<figure class="tile"><img alt="{html.escape(method)} IPC {int(ipc)}" '
                     f'width="{round(zoom * pixels.shape[1])}" src="data:image/png;base64,{figures.png_base64(pixels)}">'
                     f"<figcaption><b>{html.escape(method)}</b> · IPC {int(ipc)} · seed {cell.seed} · "
-                    f"rows: classes {classes[0]}–{classes[-1]}</figcaption></figure>")
+                    f"{'rows' if by_row else 'columns'}: classes {classes[0]}–{classes[-1]}</figcaption></figure>")
             rows.append(f'<div class="tiles">{"".join(tiles)}</div>')
         title = f"{dataset}" + ("" if pd.isna(size) else f" · {int(size)} px")
         blocks.append(f"<h4>{html.escape(title)}</h4>{''.join(rows)}")
@@ -232,8 +233,9 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int)
         out.append(_html_table(s.gains, GAIN_NOTE, heading="h3"))
         grids = image_grids(store, db, s.protocol_id, per_class, budget)
         if grids:
-            out.append(f"<h3>Condensed sets</h3><p class=\"note\">One row per class, at most {per_class} images "
-                       "each (first seed). Random rows are real training images.</p>" + "".join(grids))
+            out.append("<h3>Condensed sets</h3><p class=\"note\">One row (below 3 images per class: one column) "
+                       f"per class, at most {per_class} images each, first seed. The random method's images are "
+                       "real training images.</p>" + "".join(grids))
         if s.notes:
             out.append('<ul class="failed">' + "".join(f"<li>{html.escape(n)}</li>" for n in s.notes) + "</ul>")
         out.append("</section>")

@@ -145,19 +145,26 @@ def load_images(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         return None
 
 
-def mosaic(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> tuple[np.ndarray, list[int]]:
-    """One row per class, at most ``per_class`` images each, separated by white lines."""
+def mosaic(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> tuple[np.ndarray, list[int], bool]:
+    """One row per class, at most ``per_class`` images each, separated by white lines.
+
+    With fewer than 3 images per class the classes become columns instead (IPC 1 would otherwise
+    be one tall strip). Returns the pixels, the classes and whether classes are rows.
+    """
     classes = sorted(int(c) for c in np.unique(labels))
     h, w = images.shape[1:3]
-    cols = max(min(per_class, int((labels == c).sum())) for c in classes)
+    per = max(min(per_class, int((labels == c).sum())) for c in classes)
+    rows_are_classes = per >= 3
+    n_rows, n_cols = (len(classes), per) if rows_are_classes else (per, len(classes))
     pad = max(1, h // 14)
-    shape = (len(classes) * (h + pad) + pad, cols * (w + pad) + pad, *images.shape[3:])
+    shape = (n_rows * (h + pad) + pad, n_cols * (w + pad) + pad, *images.shape[3:])
     out = np.full(shape, 255, dtype=np.uint8)
-    for r, c in enumerate(classes):
+    for k, c in enumerate(classes):
         for j, image in enumerate(images[labels == c][:per_class]):
-            y, x = pad + r * (h + pad), pad + j * (w + pad)
+            r, col = (k, j) if rows_are_classes else (j, k)
+            y, x = pad + r * (h + pad), pad + col * (w + pad)
             out[y : y + h, x : x + w] = image
-    return out, classes
+    return out, classes, rows_are_classes
 
 
 def png_base64(pixels: np.ndarray) -> str:
