@@ -15,6 +15,15 @@ import torch
 
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data.splits import Splits
+from medbench.evaluation.batched import (
+    DEFAULT_OPTIONS,
+    Ensemble,
+    EvalOptions,
+    build_ensemble,
+    choose_batching,
+    predict_proba_stacked,
+    train_stacked,
+)
 from medbench.evaluation.metrics import classification_metrics
 from medbench.hparams import check
 from medbench.method import CondensedSet
@@ -81,6 +90,89 @@ def model_seeds(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence([seed, 0x5EED]).generate_state(count)]
 
 
+def train_models(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seeds: list[int],
+    *,
+    spec: ModelSpec,
+    channels: int,
+    num_classes: int,
+    size: int,
+    epochs: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 256,
+    augment: Augment | None = None,
+    batching: str = "auto",
+    options: EvalOptions = DEFAULT_OPTIONS,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> TrainedModels:
+    """Train one network per seed on (images, labels): one at a time or together (``batching``,
+    see :func:`medbench.evaluation.batched.choose_batching`); the same numbers either way.
+
+    Model ``k`` is built with ``torch.manual_seed(seeds[k])`` (global RNG forked) and trained with
+    ``torch.Generator().manual_seed(seeds[k])`` for its data order and augmentation.
+    """
+    device = images.device
+    mode = choose_batching(batching, device=device, model=spec, models=len(seeds),
+                           images_per_step=min(images.shape[0], batch_size))
+    models = []
+    for model_seed in seeds:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(model_seed)
+            models.append(spec.build(channels, num_classes, size).to(device))
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    total = epochs * len(seeds)
+    images = options.memory_format(images)
+    with options.backend_flags():
+        if mode == "sequential":
+            seconds = []
+            for k, (model, generator) in enumerate(zip(models, generators, strict=True)):
+                if options.channels_last:
+                    model.to(memory_format=torch.channels_last)
+                net = torch.compile(model, backend=options.compile) if options.compile else model
+                start = time.perf_counter()
+                with options.autocast(device):
+                    train_network(
+                        net, images, labels, epochs=epochs, lr=lr, generator=generator, momentum=momentum,
+                        weight_decay=weight_decay, batch_size=batch_size, augment=augment,
+                        on_epoch=(lambda e, k=k: on_epoch(k * epochs + e, total)) if on_epoch else None,
+                    )
+                seconds.append(time.perf_counter() - start)
+            return TrainedModels(mode, models, None, seconds, options)
+        start = time.perf_counter()
+        ensemble = build_ensemble(mode, models, options)
+        train_stacked(
+            ensemble, images, labels, epochs=epochs, lr=lr, generators=generators, momentum=momentum,
+            weight_decay=weight_decay, batch_size=batch_size, augment=augment, options=options,
+            on_epoch=(lambda e: on_epoch(e * len(seeds), total)) if on_epoch else None,
+        )
+        # One computation: each model is charged an equal share of the wall-clock time.
+        share = (time.perf_counter() - start) / len(seeds)
+        return TrainedModels(mode, models, ensemble, [share] * len(seeds), options)
+
+
+@dataclass
+class TrainedModels:
+    """K trained networks: separate modules (sequential) or one stacked ensemble (batched)."""
+
+    mode: str
+    models: list[torch.nn.Module]  # as built; trained in place only on the sequential path
+    ensemble: Ensemble | None
+    seconds: list[float]
+    options: EvalOptions = DEFAULT_OPTIONS
+
+    def predict_proba(self, images: torch.Tensor,
+                      prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """(K, N, classes) probabilities; the batched path runs all K models on each batch."""
+        with self.options.autocast(images.device):
+            if self.ensemble is None:
+                return torch.stack([predict_proba(m, images, prepare=prepare) for m in self.models])
+        return predict_proba_stacked(self.ensemble, images, prepare=prepare, options=self.options)
+
+
 def evaluate(
     condensed: CondensedSet,
     splits: Splits,
@@ -89,46 +181,47 @@ def evaluate(
     seed: int,
     full: bool = False,
     on_epoch: Callable[[int, int], None] | None = None,
+    batching: str = "auto",
+    options: EvalOptions | None = None,
 ) -> list[ModelScore]:
-    """Train ``protocol.eval_models`` networks on ``condensed`` and score them on val, then test."""
+    """Train ``protocol.eval_models`` networks on ``condensed`` and score them on val, then test.
+
+    ``batching`` (auto|sequential|vmap|grouped) and ``options`` (GPU speed flags) choose how the
+    networks are trained, not what they learn: they are deliberately not part of ``Protocol``, so
+    stored cells keep their ``protocol_id`` whichever is used.
+    """
     device = splits.device
     images = condensed.images.to(device)
     labels = condensed.labels.to(device)
     lr = condensed.lr if (protocol.use_learned_lr and condensed.lr) else protocol.lr
     epochs = protocol.full_epochs if full else protocol.epochs
-    spec = protocol.model_spec()
     seeds = model_seeds(seed, protocol.eval_models)
-    total_epochs = epochs * len(seeds)
-    augment = EVAL_AUGMENTS[protocol.augment](splits.channels)
-
-    trained = []
-    for k, model_seed in enumerate(seeds):
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(model_seed)
-            model = spec.build(splits.channels, splits.num_classes, splits.size).to(device)
-        generator = torch.Generator().manual_seed(model_seed)
-        start = time.perf_counter()
-        train_network(
-            model, images, labels, epochs=epochs, lr=lr, generator=generator,
-            momentum=protocol.momentum, weight_decay=protocol.weight_decay, batch_size=protocol.batch_size,
-            augment=augment, on_epoch=(lambda e, k=k: on_epoch(k * epochs + e, total_epochs)) if on_epoch else None,
-        )
-        trained.append((k, model_seed, model, time.perf_counter() - start))
+    trained = train_models(
+        images, labels, seeds, spec=protocol.model_spec(), channels=splits.channels,
+        num_classes=splits.num_classes, size=splits.size, epochs=epochs, lr=lr, momentum=protocol.momentum,
+        weight_decay=protocol.weight_decay, batch_size=protocol.batch_size,
+        augment=EVAL_AUGMENTS[protocol.augment](splits.channels), batching=batching,
+        options=options or DEFAULT_OPTIONS, on_epoch=on_epoch,
+    )
 
     # A set distilled in ZCA-whitened space (MTT with zca) carries its transform: real images
     # must be scored in that same space.
     zca = ZCA.from_extras(condensed.extras)
     prepare = splits.normalize if zca is None else (lambda x: zca(splits.normalize(x)))
 
-    def score(model: torch.nn.Module, split_name: str) -> dict[str, float]:
+    def score(split_name: str) -> list[dict[str, float]]:
         split = getattr(splits, split_name)
-        probs = predict_proba(model, split.images, prepare=prepare)
-        return classification_metrics(split.labels.cpu().numpy(), probs.numpy())
+        truth = split.labels.cpu().numpy()
+        if trained.ensemble is None:  # one network at a time, as before
+            probs = [predict_proba(m, split.images, prepare=prepare) for m in trained.models]
+        else:  # all K networks on each prepared batch
+            probs = list(trained.predict_proba(split.images, prepare=prepare))
+        return [classification_metrics(truth, p.numpy()) for p in probs]
 
-    val_scores = [score(model, "val") for _, _, model, _ in trained]
+    val_scores = score("val")
     # The test split is read only here, after every network is trained and scored on val.
-    test_scores = [score(model, "test") for _, _, model, _ in trained]
+    test_scores = score("test")
     return [
         ModelScore(k, s, float(lr), epochs, v, t, secs)
-        for (k, s, _, secs), v, t in zip(trained, val_scores, test_scores, strict=True)
+        for k, (s, v, t, secs) in enumerate(zip(seeds, val_scores, test_scores, trained.seconds, strict=True))
     ]
