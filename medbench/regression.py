@@ -14,10 +14,10 @@ The rule, per baseline cell (accuracy = test accuracy, mean over the K eval mode
   one percentage point): eval networks that agree perfectly must not turn noise into failures.
   Improvements never fail.
 * **time**: seconds per distillation iteration when the method recorded its iteration count
-  (``condensed_info.iterations``), else total distillation seconds. It regressed when the new
-  value exceeds ``--time-factor`` (default 1.5) × the old one *and* the total distillation time
-  grew by more than ``--time-floor`` seconds (default 1), so millisecond methods (random) do
-  not fail on timer noise.
+  (``condensed_info.iterations``, or MTT's ``iterations_run``), else total distillation seconds.
+  It regressed when the new value exceeds ``--time-factor`` (default 1.5) × the old one *and*
+  the total distillation time grew by more than ``--time-floor`` seconds (default 1), so
+  millisecond methods (random) do not fail on timer noise.
 * **missing**: a baseline cell with no done cell in the database (absent or failed) fails.
 
 Exit status: 0 when nothing regressed, 1 otherwise (with a table of what did), 2 on bad input.
@@ -57,7 +57,7 @@ def _label(key: tuple) -> str:
 
 def _iterations(config: str) -> int | None:
     info = json.loads(config).get("condensed_info") or {}
-    value = info.get("iterations")
+    value = info.get("iterations_run", info.get("iterations"))  # MTT records iterations_run; DC/DSA/DM iterations
     return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
