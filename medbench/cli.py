@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -151,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_results)
 
+    p = sub.add_parser(
+        "experts", help="build (or reuse) the MTT expert-trajectory buffer of a dataset",
+        description="Train MTT's expert networks on a dataset's training split, saving their parameters "
+                    "after every epoch. The buffer is cached by everything that determines it and reused "
+                    "by `medbench run --methods mtt` with the same settings; an interrupted build resumes.")
+    p.add_argument("--dataset", required=True, help="dataset name, npz path or class folder")
+    p.add_argument("--size", type=int, help="image size (MedMNIST: 28, 64, 128, 224)")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="MedMNIST root folder")
+    p.add_argument("--download", action="store_true", help="fetch a missing MedMNIST file")
+    p.add_argument("--experts-root", help="buffer cache folder (default: $MEDBENCH_EXPERTS or "
+                                          "~/.medmnist/medbench_experts)")
+    p.add_argument("--num-experts", type=_positive(int), help="experts to train (default: 100)")
+    p.add_argument("--epochs", type=_positive(int), help="epochs per expert (default: 50)")
+    p.add_argument("--method-args", action="append", default=[], metavar="SPEC",
+                   help="any MTT setting, as for `run`: mtt:lr_teacher=0.01,expert_dtype=bfloat16,...")
+    p.add_argument("--model", default=DEFAULTS.model, help="network (default: %(default)s)")
+    p.add_argument("--width", type=_positive(int), default=DEFAULTS.width, help="ConvNet width (default: %(default)s)")
+    p.add_argument("--depth", type=_positive(int), help="ConvNet depth (default: by resolution)")
+    p.add_argument("--norm", choices=["instance", "batch", "none"], default=DEFAULTS.norm)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_experts)
+
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return parser
@@ -220,6 +244,46 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = run_grid(grid_spec_from_args(args), progress=not args.no_progress)
     print(format_summary(summary, args.format))
+    return 0
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from medbench.data.catalog import load_dataset
+    from medbench.experts import build_buffer, resolve_root
+    from medbench.harness.grid import resolve_device
+
+    method = get_method("mtt")
+    values = parse_method_args(args.method_args, ["mtt"]).get("mtt", {})
+    values.update({k: v for k, v in (("num_experts", args.num_experts), ("buffer_epochs", args.epochs),
+                                     ("experts_root", args.experts_root)) if v is not None})
+    if "buffer_epochs" in values and "max_start_epoch" not in values:
+        # Only the expert settings matter here; keep MTT's own consistency check satisfied.
+        defaults = method.make_params()
+        expert_epochs = int(values.get("expert_epochs", defaults.expert_epochs))
+        latest = int(values["buffer_epochs"]) - expert_epochs + 1
+        values["max_start_epoch"] = max(1, min(defaults.max_start_epoch, latest))
+    params = method.make_params(values)
+    protocol = hparams.build(Protocol, {"model": args.model, "width": args.width, "depth": args.depth,
+                                        "norm": args.norm}, context="model")
+    device = resolve_device(args.device)
+    splits = load_dataset(args.dataset, size=args.size, root=args.data_root.expanduser(),
+                          download=args.download).to(device)
+    with tqdm(total=1, desc=f"experts {splits.name}", disable=args.no_progress, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        start = time.perf_counter()
+        buffer = build_buffer(splits, params.expert_config(), resolve_root(params.experts_root),
+                              model=protocol.model_spec(), progress=progress)
+    facts = buffer.summary()
+    facts["seconds_this_call"] = round(time.perf_counter() - start, 2)
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
     return 0
 
 

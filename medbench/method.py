@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from medbench import hparams
-from medbench.data.splits import Split
+from medbench.data.splits import Split, Splits
 from medbench.models import ModelSpec
 from medbench.registry import Registry
 
@@ -104,6 +104,9 @@ class Method(Generic[P]):
     params: type[P]
     description: str
     uses_ipc: bool = True  # False for "full": IPC is ignored and reported as "full"
+    # Expensive work shared by all cells of a dataset (MTT's expert buffer), run once per dataset
+    # by the harness before the cells: ``prepare(splits, params, model, progress)``.
+    prepare: Callable[[Splits, P, ModelSpec, Callable[[int, int], None] | None], None] | None = None
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> P:
         return hparams.build(self.params, values, context=f"method {self.name}")
@@ -112,13 +115,14 @@ class Method(Generic[P]):
 METHODS: Registry[Method] = Registry("method", entry_point_group="medbench.methods")
 
 
-def register_method(name: str, *, params: type = NoParams, uses_ipc: bool = True) -> Callable:
+def register_method(name: str, *, params: type = NoParams, uses_ipc: bool = True,
+                    prepare: Callable | None = None) -> Callable:
     """Register ``fn(task, params) -> CondensedSet`` under ``name``; its docstring's first line
     is the description ``medbench methods`` shows."""
 
     def wrap(_name: str, fn: Callable) -> Method:
         description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        return Method(name, fn, params, description, uses_ipc)
+        return Method(name, fn, params, description, uses_ipc, prepare)
 
     return METHODS.decorator(name, wrap)
 

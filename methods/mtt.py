@@ -51,6 +51,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from medbench.data.splits import Splits
 from medbench.errors import CellFailed, MedbenchError
 from medbench.experts import (
     ExpertBuffer,
@@ -64,6 +65,7 @@ from medbench.experts import (
 )
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
+from medbench.models import ModelSpec
 from medbench.training import accuracy, loss_fn, train_network
 from medbench.whitening import ZCA
 
@@ -362,7 +364,17 @@ def _val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor,
     return accuracy(model, task.val.images, task.val.labels, prepare=prepare)
 
 
-@register_method("mtt", params=MTTParams)
+def prepare_buffer(splits: Splits, params: MTTParams, model: ModelSpec,
+                   progress: Callable[[int, int], None] | None = None) -> ExpertBuffer | None:
+    """Build the dataset's expert buffer once, before its cells, from the full splits so the
+    experts' test accuracy (this protocol's full-data reference) is recorded."""
+    if params.buffer_dir:
+        return None
+    return build_buffer(splits, params.expert_config(), resolve_root(params.experts_root), model=model,
+                        progress=progress)
+
+
+@register_method("mtt", params=MTTParams, prepare=prepare_buffer)
 def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
     """Matching training trajectories (Cazenavette et al., 2022), exact gradient in J-independent memory."""
     buffer = open_buffer(task, params)

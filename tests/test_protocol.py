@@ -98,3 +98,25 @@ def test_bad_protocol_values(bad):
 def test_split_class_counts():
     split = Split(torch.zeros(5, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 1, 2, 2]))
     assert split.class_counts(4) == [1, 2, 2, 0]
+
+
+def test_zca_sets_are_scored_in_their_whitened_space(toy_npz, monkeypatch):
+    import medbench.evaluation.protocol as protocol_module
+    from medbench.whitening import ZCA
+
+    splits = load_dataset(str(toy_npz))
+    dim = splits.channels * splits.size * splits.size
+    zca = ZCA(torch.full((dim,), 0.5), 2 * torch.eye(dim))
+    condensed = CondensedSet(splits.normalize(splits.train.images[:3]), splits.train.labels[:3],
+                             extras={"zca_mean": zca.mean, "zca_matrix": zca.matrix})
+    seen = []
+    real_predict = protocol_module.predict_proba
+
+    def spy(model, images, *, prepare=None, batch_size=1024):
+        seen.append(prepare(images[:2]))
+        return real_predict(model, images, prepare=prepare, batch_size=batch_size)
+
+    monkeypatch.setattr(protocol_module, "predict_proba", spy)
+    evaluate(condensed, splits, Protocol(width=4, epochs=1, eval_models=1), seed=0)
+    expected = 2 * (splits.normalize(splits.val.images[:2]) - 0.5)
+    assert torch.allclose(seen[0], expected, atol=1e-5)

@@ -139,27 +139,45 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None)
 # --- executors ------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=2)
+def _load(ref: str, size: int | None, root: str, download: bool, device: str) -> Splits:
+    # Each process keeps its last datasets on the device, so cells of a dataset do not reload it.
+    return load_dataset(ref, size=size, root=Path(root), download=download).to(device)
+
+
+def _prepare(cells: list[Cell], spec: GridSpec, device: torch.device, progress: bool) -> None:
+    """Run each method's once-per-dataset work (e.g. MTT's expert buffer) before its cells."""
+    bar = _Bar(progress)
+    for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
+        jobs = {}
+        for cell in group:
+            method = get_method(cell.method)
+            if method.prepare is not None:
+                jobs.setdefault((cell.method, repr(sorted(cell.params.items()))), (method, cell))
+        for method, cell in jobs.values():
+            splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
+            bar.phase(f"prepare {cell.method} · {Path(ref).stem}")
+            try:
+                method.prepare(splits, method.make_params(cell.params), cell.protocol.model_spec(), bar.update)
+            finally:
+                bar.close()
+
+
 def _run_local(cells: list[Cell], spec: GridSpec, device: torch.device, progress: bool) -> Iterator[Outcome]:
     """In-process: each dataset is loaded once and kept on the device for all its cells."""
     bar = _Bar(progress)
-    for dataset, group in groupby(cells, key=lambda c: (c.dataset, c.size)):
+    for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
         group = list(group)
-        splits = load_dataset(dataset[0], size=dataset[1], root=spec.data_root, download=spec.download).to(device)
+        splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
         check_ipc(group, splits)
         for cell in group:
             yield run_cell(cell, splits, spec.db.parent, bar)
 
 
-@lru_cache(maxsize=2)
-def _worker_splits(ref: str, size: int | None, root: str, download: bool, device: str) -> Splits:
-    # A worker keeps its last datasets, so cells of one dataset do not reload it.
-    return load_dataset(ref, size=size, root=Path(root), download=download).to(device)
-
-
 def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: str, threads: int) -> Outcome:
     """Run one cell in a worker process (pool or Ray): load (cached), check, distil, evaluate."""
     torch.set_num_threads(threads)
-    splits = _worker_splits(cell.dataset, cell.size, root, download, device)
+    splits = _load(cell.dataset, cell.size, root, download, device)
     check_ipc([cell], splits)
     return run_cell(cell, splits, Path(workdir))
 
@@ -227,6 +245,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
         overall = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="cells", position=0,
                        file=sys.stderr, dynamic_ncols=True, disable=not progress)
         try:
+            _prepare(pending, spec, device, progress)
             for record, condensed in _outcomes(pending, spec, device, progress):
                 if condensed is not None:
                     path = db.parent / "condensed" / f"{record.cell_id}.npz"
