@@ -138,9 +138,11 @@ def run_crossarch(db: Path, archs: Sequence[str], *, cells: str | None = None, m
     return targets
 
 
-def crossarch_table(store: Store) -> pd.DataFrame:
+def crossarch_table(store: Store, archs: Sequence[str] | None = None,
+                    sources: Sequence[str] | None = None) -> pd.DataFrame:
     """Test accuracy of each source cell's network and every other architecture, and the drop
-    (source − arch, percentage points), averaged over seeds per dataset, method and IPC."""
+    (source − arch, percentage points), averaged over seeds per dataset, method and IPC.
+    ``archs`` / ``sources`` restrict it to those architectures / source cell ids."""
     summary = summarize(store)
     if summary.empty:
         return pd.DataFrame()
@@ -151,6 +153,9 @@ def crossarch_table(store: Store) -> pd.DataFrame:
     for cid, cfg in config.items():
         link = cfg.get("crossarch")
         if not link or link.get("source_cell") not in acc:
+            continue
+        if (archs is not None and link["model"] not in archs) or (sources is not None and
+                                                                   link["source_cell"] not in sources):
             continue
         src = summary[summary.cell_id == link["source_cell"]].iloc[0]
         rows.append({"dataset": src.dataset, "method": src.method, "ipc": src.ipc, "seed": src.seed,
@@ -195,7 +200,8 @@ def cmd_crossarch(args: argparse.Namespace) -> int:
     run_crossarch(args.db, args.archs, cells=args.cells, methods=args.methods or (), data_root=args.data_root,
                   device=args.device, log=None if args.quiet else sys.stderr)
     with Store(args.db) as store:
-        print(format_crossarch(crossarch_table(store)))
+        sources = [c.cell_id for c in source_cells(store, cells=args.cells, methods=args.methods or ())]
+        print(format_crossarch(crossarch_table(store, args.archs, sources)))
     return 0
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Literal
 
 from torch import nn
-from torchvision import models as tvm
 
 from medbench.errors import MedbenchError
 from medbench.models import register_model
@@ -60,6 +59,7 @@ def _replace_batchnorm(module: nn.Sequential, norm: Callable[[int], nn.Module]) 
 
 def build_resnet18(channels: int, num_classes: int, size: int, norm: Norm = "batch") -> nn.Module:
     """torchvision's ResNet-18; at ≤ 64 px the stem is conv 3×3 stride 1 without max-pool."""
+    from torchvision import models as tvm  # imported on use: torchvision loads slowly
     model = tvm.resnet18(weights=None, num_classes=num_classes, norm_layer=_norm_layer(norm))
     if size <= SMALL:
         model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -73,6 +73,7 @@ def build_resnet18(channels: int, num_classes: int, size: int, norm: Norm = "bat
 def build_vgg11(channels: int, num_classes: int, size: int, norm: Norm = "instance") -> nn.Module:
     """torchvision's VGG-11 (configuration A); pools below 2 px dropped, 1×1 adaptive pooling and a
     single linear head (the 4096-wide ImageNet head would dwarf a few hundred training images)."""
+    from torchvision import models as tvm  # imported on use: torchvision loads slowly
     model = tvm.vgg11_bn(weights=None) if norm != "none" else tvm.vgg11(weights=None)
     features = model.features
     first = features[0]
@@ -89,6 +90,7 @@ def build_alexnet(channels: int, num_classes: int, size: int, hidden: int = 4096
                   dropout: float = 0.5) -> nn.Module:
     """torchvision's AlexNet; at ≤ 64 px the 11×11 stride-4 stem becomes 5×5 stride 1, pools that
     no longer fit are dropped, and the head pools adaptively to 1×1 (256 features)."""
+    from torchvision import models as tvm  # imported on use: torchvision loads slowly
     model = tvm.alexnet(weights=None, dropout=dropout)
     features = model.features
     if size <= SMALL:

@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from medbench import hparams
 from medbench.data.catalog import DEFAULT_DATA_ROOT
 from medbench.data.splits import Splits
 from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import model_seeds
-from medbench.sharing.export import check_out_dir
+from medbench.sharing.export import _finite, check_out_dir
 from medbench.sharing.figures import pairs_sheet
 from medbench.sharing.stored import class_names, load_cell_splits, open_store, read_npz_arrays, resolve_cell
 from medbench.training import train_network
@@ -177,19 +177,28 @@ def real_nn_distances(real: torch.Tensor, n: int, generator: torch.Generator) ->
 # --- membership inference ---------------------------------------------------------------------
 
 
+def rank_auc(member_scores: np.ndarray, non_scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of members vs non-members (higher score = member) from ranks, ties counted half
+    (the Mann–Whitney U statistic); rows of 2-D inputs are independent resamples."""
+    m, n = np.atleast_2d(member_scores), np.atleast_2d(non_scores)
+    ranks = rankdata(np.concatenate([m, n], axis=1), axis=1)
+    n_m, n_n = m.shape[1], n.shape[1]
+    u = ranks[:, :n_m].sum(axis=1) - n_m * (n_m + 1) / 2
+    return u / (n_m * n_n)
+
+
 def auc_with_ci(member_scores: np.ndarray, non_scores: np.ndarray, bootstrap: int,
                 rng: np.random.Generator) -> dict[str, float | None]:
-    """ROC AUC of "member" (higher score = member) with a stratified bootstrap 95% interval."""
+    """AUC with a 95% interval from a stratified bootstrap (members and non-members resampled
+    separately, so each resample keeps both sizes)."""
     if len(member_scores) < 1 or len(non_scores) < 1:
         return {"auc": None, "ci_low": None, "ci_high": None}
-    y = np.r_[np.ones(len(member_scores)), np.zeros(len(non_scores))]
-    auc = float(roc_auc_score(y, np.r_[member_scores, non_scores]))
-    boots = []
-    for _ in range(bootstrap):
-        m = rng.choice(member_scores, len(member_scores))
-        n = rng.choice(non_scores, len(non_scores))
-        boots.append(roc_auc_score(y, np.r_[m, n]))
-    low, high = (np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan))
+    auc = float(rank_auc(member_scores, non_scores)[0])
+    if bootstrap < 1:
+        return {"auc": auc, "ci_low": None, "ci_high": None}
+    boots = rank_auc(rng.choice(member_scores, (bootstrap, len(member_scores))),
+                     rng.choice(non_scores, (bootstrap, len(non_scores))))
+    low, high = np.percentile(boots, [2.5, 97.5])
     return {"auc": auc, "ci_low": float(low), "ci_high": float(high)}
 
 
@@ -371,17 +380,15 @@ def audit_cell(db: Path, cell_ref: str, out: Path, *, data_root: Path = DEFAULT_
     if settings.mia:
         report["membership_inference"] = membership_inference(cell, arrays, splits, selected, zca, settings, gen, rng)
 
-    (out / "audit.json").write_text(json.dumps(report, indent=2, allow_nan=False, default=_none_for_nan))
+    out.mkdir(parents=True, exist_ok=True)
+    report = _finite(report)
+    (out / "audit.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     pairs_sheet(distilled_u8.permute(0, 2, 3, 1).numpy(), nearest_u8.permute(0, 2, 3, 1).numpy(), labels.numpy(),
                 names, out / "neighbours.png",
                 title=f"{cell.row.method} · {facts.get('name')}: each distilled image (left) and its nearest "
                       "real training image by L2 (right)")
     (out / "audit.md").write_text(audit_markdown(report))
     return report
-
-
-def _none_for_nan(value: Any) -> Any:
-    return None
 
 
 def membership_inference(cell: Any, arrays: dict[str, np.ndarray], splits: Splits, selected: torch.Tensor | None,
