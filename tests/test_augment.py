@@ -115,3 +115,22 @@ def test_protocol_accepts_dsa_eval_augmentation() -> None:
     assert Protocol(augment="dsa").augment == "dsa"
     with pytest.raises(MedbenchError):
         Protocol(augment="mixup")
+
+
+def test_protocol_trains_with_dsa_augmentation(monkeypatch) -> None:
+    from _synth import make_splits
+
+    from medbench.evaluation.protocol import evaluate
+    from medbench.method import CondensedSet
+
+    calls = []
+    original = SiameseAugment.__call__
+    monkeypatch.setattr(SiameseAugment, "__call__", lambda self, x, g: calls.append(1) or original(self, x, g))
+    splits = make_splits(per_class=8)
+    condensed = CondensedSet(splits.normalize(splits.train.images[::8]), splits.train.labels[::8])
+    protocol = Protocol(width=8, depth=2, epochs=2, eval_models=1, augment="dsa")
+    first, second = (evaluate(condensed, splits, protocol, seed=0)[0] for _ in range(2))
+    assert len(calls) == 4  # 2 epochs × 1 batch, twice
+    assert (first.val, first.test) == (second.val, second.test)
+    evaluate(condensed, splits, Protocol(width=8, depth=2, epochs=2, eval_models=1), seed=0)
+    assert len(calls) == 4  # "none" trains without augmentation

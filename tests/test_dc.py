@@ -10,6 +10,7 @@ from medbench.methods.dc import DISTANCES, gradient_loss, loop_schedule, matchin
 
 from medbench.errors import MedbenchError
 from medbench.method import get_method
+from medbench.models import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,14 @@ def test_bad_params_are_user_errors(values) -> None:
 def test_ipc_above_smallest_class_is_a_user_error(splits) -> None:
     with pytest.raises(MedbenchError, match="IPC"):
         get_method("dc").run(make_task(splits, ipc=65), get_method("dc").make_params())
+
+
+@pytest.mark.parametrize("name", ["dc", "dsa"])
+def test_batchnorm_models_run(splits, name: str) -> None:
+    """Batch norm is frozen after a mixed real batch, so the vmapped per-class gradients work."""
+    model = ModelSpec("convnet", {"width": 8, "depth": 2, "norm": "batch"})
+    method = get_method(name)
+    params = method.make_params({"iterations": 2, "eval_every": 2, "eval_epochs": 2, "batch_real": 16,
+                                 "outer_loop": 2, "inner_loop": 1})
+    result = method.run(make_task(splits, ipc=2, model=model), params)
+    assert torch.isfinite(result.images).all() and result.info["iterations"] == 2
