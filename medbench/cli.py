@@ -25,7 +25,8 @@ DEFAULTS = Protocol()
 
 # Modules that add sub-commands: each defines ``register(subparsers)`` and sets ``func`` on its
 # parser (``func(args) -> int``). Keeps one idea per module instead of one growing cli.py.
-COMMAND_MODULES: list[str] = ["medbench.reports.commands", "medbench.sharing.commands", "medbench.crossarch"]
+COMMAND_MODULES: list[str] = ["medbench.reports.commands", "medbench.sharing.commands", "medbench.crossarch",
+                                 "medbench.bench"]
 
 
 class Parser(argparse.ArgumentParser):
