@@ -1,0 +1,77 @@
+"""``medbench bench`` runs end to end in a tiny configuration and writes a well-formed report.
+
+No timing assertions: speed claims live in the committed reports under reports/bench.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medbench.bench import EIGHT, MODES, _linear, project
+from medbench.cli import main
+
+TINY = ["--device", "cpu", "--quick", "--width", "4", "--depth", "2", "--classes", "3", "--size", "12",
+        "--ks", "1,2", "--ipcs", "1,2", "--epochs", "1", "--repeats", "1", "--batch-real", "4", "--mtt-steps", "2",
+        "--expert-images", "24", "--predict-images", "32", "--threads", "1"]
+
+
+def test_bench_writes_a_well_formed_report(tmp_path, capsys):
+    assert main(["bench", *TINY, "--projection", "--out", str(tmp_path)]) == 0
+    [md] = list(tmp_path.glob("cpu-*-quick.md"))
+    data = json.loads(md.with_suffix(".json").read_text())
+
+    assert data["machine"]["device"] == "cpu" and data["machine"]["torch"] and data["machine"]["threads"] == 1
+    assert data["command"].startswith("medbench bench") and "--width 4" in data["command"]
+    assert data["settings"]["width"] == 4 and data["settings"]["ks"] == [1, 2]
+    # every (IPC, K, mode) measured, with positive throughput; auto picks sequential on the CPU
+    assert {(r["ipc"], r["k"], r["mode"]) for r in data["eval"]} == {(i, k, m) for i in (1, 2) for k in (1, 2)
+                                                                    for m in MODES}
+    assert all(r["net_epochs_per_s"] > 0 and r["auto_picks"] == "sequential" for r in data["eval"])
+    assert {r["mode"] for r in data["predict"]} == set(MODES)
+    assert [r["ipc"] for r in data["dc"]] == [1, 2] and "iteration_s_measured" in data["dc"][0]
+    assert [r["ipc"] for r in data["dm"]] == [1, 2]
+    assert all(r["iteration_s"] > 0 and r["peak_mb"] > 0 for r in data["mtt"])
+    assert data["experts"]["images_per_s"] > 0
+    projection = data["projection"]
+    assert {r["dataset"] for r in projection["rows"]} == set(EIGHT)
+    assert len(projection["rows"]) == len(EIGHT) * 3 * 3  # methods × IPC 1, 10, 50
+    assert projection["total_seconds"] == pytest.approx(sum(r["seconds"] for r in projection["rows"]))
+
+    text = md.read_text()
+    for heading in ("## Machine", "## Evaluation training", "## DC", "## DM", "## MTT", "## Expert-buffer",
+                    "## Projection", "not measured"):
+        assert heading in text
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_projection_scales_with_the_grid():
+    """More classes, images or IPC never make a cell cheaper; the buffer is charged once per dataset."""
+    eval_rows = [{"k": 5, "mode": "sequential", "auto_picks": "sequential", "images_per_step": b,
+                  "seconds": 5 * 10 * (0.01 + 0.001 * b)} for b in (8, 80)]
+    results = {"settings": {"classes": 8, "ks": [5], "epochs": 10}, "eval": eval_rows,
+               "predict": [{"mode": "sequential", "model_images_per_s": 1000.0}],
+               "dc": [{"ipc": 1, "outer_step_s": 1.0}, {"ipc": 10, "outer_step_s": 2.0}],
+               "mtt": [{"ipc": 1, "iteration_s": 0.5}, {"ipc": 10, "iteration_s": 1.5}],
+               "experts": {"images_per_s": 1000.0}}
+    p = project(results)
+    rows = {(r["dataset"], r["method"], r["ipc"]): r["seconds"] for r in p["rows"]}
+    for name in EIGHT:
+        for method in ("random", "dc"):
+            assert rows[(name, method, 1)] < rows[(name, method, 10)] < rows[(name, method, 50)]
+        assert rows[(name, "mtt", 10)] < rows[(name, "mtt", 50)]
+        assert rows[(name, "mtt", 1)] > rows[(name, "mtt", 10)]  # carries the expert buffer
+    assert rows[("tissuemnist", "mtt", 1)] > rows[("bloodmnist", "mtt", 1)]  # 165k vs 12k training images
+
+
+def test_linear_extrapolation():
+    f = _linear([(8, 1.0), (80, 2.0)])
+    assert f(8) == pytest.approx(1.0) and f(152) == pytest.approx(3.0) and f(-1000) == 0.0
+    assert _linear([(5, 2.0)])(100) == 2.0
+
+
+def test_bad_bench_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--ks", "0,5"])
+    assert exc.value.code == 2
