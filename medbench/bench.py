@@ -42,6 +42,7 @@ import torch
 
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data.splits import Split, Splits
+from medbench.errors import MedbenchError
 from medbench.evaluation.batched import choose_batching
 from medbench.evaluation.protocol import model_seeds, train_models
 from medbench.models import ModelSpec
@@ -73,6 +74,7 @@ class Settings:
     predict_images: int = 4096
     quick: bool = False
     projection: bool = False
+    only: tuple[str, ...] = ()  # sections to run (empty: all)
 
 
 QUICK = {"width": 32, "ks": (1, 5, 10), "epochs": 3, "repeats": 2, "batch_real": 64, "mtt_steps": 5,
@@ -514,19 +516,22 @@ def run_bench(s: Settings, out_dir: Path, command: str, log: Callable[[str], Non
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results: dict[str, Any] = {"date": dt.date.today().isoformat(), "device_slug": _slug(device),
                                "command": command, "settings": dataclasses.asdict(s), "load_start": load_start}
+    sections = {"eval": bench_eval, "predict": bench_predict, "dc": bench_dc, "dm": bench_dm, "mtt": bench_mtt,
+                "experts": bench_experts}
+    only = set(s.only or sections)
+    if s.projection and only != set(sections):
+        raise MedbenchError("--projection needs every section; drop --only")
     with _seeded():
-        results["eval"] = bench_eval(s, device, log)
-        results["predict"] = bench_predict(s, device, log)
-        results["dc"] = bench_dc(s, device, log)
-        results["dm"] = bench_dm(s, device, log)
-        results["mtt"] = bench_mtt(s, device, log)
-        results["experts"] = bench_experts(s, device, log)
+        for name, fn in sections.items():
+            if name in only:
+                results[name] = fn(s, device, log)
     if s.projection:
         results["projection"] = project(results)
         log(f"projection: {_fmt_hours(results['projection']['total_seconds'])} for the eight-dataset grid")
     results["machine"] = machine(device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{results['device_slug']}-{results['date']}{'-quick' if s.quick else ''}"
+    suffix = ("-quick" if s.quick else "") + (f"-{'-'.join(s.only)}" if s.only else "")
+    stem = out_dir / f"{results['device_slug']}-{results['date']}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     stem.with_suffix(".md").write_text(render(results) + "\n")
     results["paths"] = [str(stem.with_suffix(".md")), str(stem.with_suffix(".json"))]
@@ -564,6 +569,17 @@ def _pos(text: str) -> int:
     return value
 
 
+SECTIONS = ("eval", "predict", "dc", "dm", "mtt", "experts")
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section {', '.join(unknown) or text!r}; choose {','.join(SECTIONS)}")
+    return names
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="measure evaluation and distillation speed on this machine",
                               description=__doc__.splitlines()[0])
@@ -584,13 +600,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--expert-images", type=_pos, help="generated images for expert training")
     p.add_argument("--predict-images", type=_pos, help="generated images for the scoring measurement")
     p.add_argument("--threads", type=_pos, help="torch CPU threads (default: torch's)")
+    p.add_argument("--only", type=_sections, help=f"comma-separated sections of {','.join(SECTIONS)}")
     p.set_defaults(func=cmd_bench)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
     for name in ("width", "depth", "ks", "ipcs", "classes", "size", "epochs", "repeats", "batch_real", "mtt_steps",
-                 "expert_images", "predict_images"):
+                 "expert_images", "predict_images", "only"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     return Settings(device=args.device, quick=args.quick, projection=args.projection, **values)
