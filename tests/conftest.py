@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # for the subprocesses tests start
 SHARED_DATA = Path(os.environ.get("MEDBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -55,3 +56,11 @@ def shared_data() -> Path:
 
 # A protocol small enough for tests: tiny ConvNet, few epochs.
 FAST = {"width": 8, "epochs": 4, "full_epochs": 2, "eval_models": 2, "batch_size": 32}
+
+
+def pytest_configure(config):
+    # Test tensors are tiny: extra OpenMP threads only add spin-waiting, which on a busy 2-core
+    # machine makes small ops 10–100× slower.
+    import torch
+
+    torch.set_num_threads(1)

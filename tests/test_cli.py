@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_arrays, write_npz
+from conftest import ONE_THREAD, make_arrays, write_npz
 
 from medbench.cli import main, parse_method_args
 from medbench.errors import MedbenchError
@@ -46,7 +46,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, argv, message):
         if torch.cuda.is_available():
             pytest.skip("CUDA present")
     db = tmp_path / "r.sqlite"
-    code, out, err = _cli(capsys, "run", *argv, "--db", str(db), "--data-root", str(tmp_path), *QUICK)
+    code, _, err = _cli(capsys, "run", *argv, "--db", str(db), "--data-root", str(tmp_path), *QUICK)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not db.exists()  # nothing written
@@ -112,7 +112,8 @@ def test_method_args_forms(tmp_path):
 
 def test_console_script_help_and_usage_error():
     help_text = subprocess.run([sys.executable, "-m", "medbench", "run", "--help"], capture_output=True,
-                               text=True, check=True).stdout
+                               text=True, check=True, env=ONE_THREAD).stdout
     assert "--eval-models" in help_text and "--download" in help_text
-    bad = subprocess.run([sys.executable, "-m", "medbench", "frobnicate"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "medbench", "frobnicate"], capture_output=True, text=True,
+                         env=ONE_THREAD)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

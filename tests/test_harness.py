@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import FAST
+from conftest import FAST, ONE_THREAD
 
 import medbench
 from medbench.errors import CellFailed, MedbenchError
@@ -124,7 +124,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(toy_npz, tmp_pa
     cmd = [sys.executable, "-m", "medbench", "run", "--methods", "random", "--datasets", str(toy_npz),
            "--ipc", "1,2,3", "--seeds", "0,1", "--eval-models", "2", "--epochs", "40", "--width", "8",
            "--device", "cpu", "--db", str(db), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline and proc.poll() is None:
@@ -144,7 +144,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(toy_npz, tmp_pa
         killed_at = conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert 1 <= killed_at < 6
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT ipc || '/' || seed) FROM cells").fetchone() == (6, 6)
         per_cell = conn.execute("SELECT cell_id, COUNT(*) FROM eval_models GROUP BY cell_id").fetchall()

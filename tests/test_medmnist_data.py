@@ -92,6 +92,6 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(tv_utils, "download_url", offline)
-    with pytest.raises(DataError, match="download of breastmnist.npz failed") as info:
+    with pytest.raises(DataError, match=r"download of breastmnist\.npz failed") as info:
         load_dataset("breastmnist", root=tmp_path / "new_root", download=True)
     assert "\n" not in str(info.value)

@@ -58,7 +58,7 @@ def test_labels_above_medmnist_class_count_are_rejected(tmp_path):
     from medbench.data.npz import splits_from_npz
 
     path = write_npz(tmp_path / "x.npz", make_arrays(classes=3))
-    with pytest.raises(DataError, match="outside 0..1"):
+    with pytest.raises(DataError, match=r"outside 0\.\.1"):
         splits_from_npz(path, "x", num_classes=2)
 
 
