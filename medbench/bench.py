@@ -335,11 +335,16 @@ def bench_experts(s: Settings, device: torch.device, log: Callable[[str], None])
 
 
 def _linear(points: list[tuple[float, float]]) -> Callable[[float], float]:
-    """Through two (x, y) points (constant for one); extrapolates linearly, clamped at ≥ 0."""
+    """Cost through the first and last (x, y) points, extrapolated linearly, never below 0.
+
+    More images never cost less: when noise makes the measured slope negative, the larger of the
+    two times is used as a constant (a conservative projection rather than one that reaches 0).
+    """
     points = sorted(points)
-    if len(points) == 1 or points[0][0] == points[-1][0]:
-        return lambda _x: points[0][1]
     (x0, y0), (x1, y1) = points[0], points[-1]
+    if x1 == x0 or y1 <= y0:
+        top = max(y for _, y in points)
+        return lambda _x: top
     slope = (y1 - y0) / (x1 - x0)
     return lambda x: max(0.0, y0 + slope * (x - x0))
 
@@ -600,6 +605,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--expert-images", type=_pos, help="generated images for expert training")
     p.add_argument("--predict-images", type=_pos, help="generated images for the scoring measurement")
     p.add_argument("--threads", type=_pos, help="torch CPU threads (default: torch's)")
+    p.add_argument("--reproject", type=Path, metavar="JSON",
+                   help="only recompute the projection of a saved report (no measurements)")
     p.add_argument("--only", type=_sections, help=f"comma-separated sections of {','.join(SECTIONS)}")
     p.set_defaults(func=cmd_bench)
 
@@ -617,11 +624,25 @@ def _text(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def reproject(path: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Recompute the projection of a saved ``.json`` report and rewrite it and its ``.md``."""
+    results = json.loads(path.read_text())
+    results["projection"] = project(results)
+    results["settings"]["projection"] = True
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    path.with_suffix(".md").write_text(render(results) + "\n")
+    log(f"projection: {_fmt_hours(results['projection']['total_seconds'])}; rewrote {path} and .md")
+    return results
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.reproject:
+        reproject(args.reproject)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(_text(v))}")
-             for k, v in vars(args).items() if k not in ("func", "command") and v not in (None, False)
+             for k, v in vars(args).items() if k not in ("func", "command", "reproject") and v not in (None, False)
              and not (k == "device" and v == "auto") and not (k == "out" and v == DEFAULT_OUT)]
     command = " ".join(["medbench bench", *flags])
     run_bench(settings_from_args(args), args.out, command)

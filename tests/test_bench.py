@@ -69,6 +69,7 @@ def test_linear_extrapolation():
     f = _linear([(8, 1.0), (80, 2.0)])
     assert f(8) == pytest.approx(1.0) and f(152) == pytest.approx(3.0) and f(-1000) == 0.0
     assert _linear([(5, 2.0)])(100) == 2.0
+    assert _linear([(8, 3.0), (80, 2.0)])(400) == 3.0  # a noisy negative slope: the larger, constant
 
 
 def test_bad_bench_arguments_exit_2(capsys):
