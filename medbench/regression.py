@@ -29,7 +29,7 @@ import argparse
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def make_baseline(store: Store) -> dict[str, Any]:
     cells = [e for e in snapshot(store).values() if e["status"] == "done" and "accuracy_mean" in e]
     if not cells:
         raise MedbenchError(f"{store.path}: no finished cells to freeze as a baseline")
-    return {"format": FORMAT_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"format": FORMAT_VERSION, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "db": str(store.path), "cells": sorted(cells, key=lambda e: [str(v) for v in _key(e)])}
 
 

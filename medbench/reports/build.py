@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -107,7 +107,7 @@ def _md_table(table: Table, note: str = "", heading: str = "###") -> str:
 
 def leaderboard_markdown(sections: list[Section], db: Path) -> str:
     lines = ["# medbench leaderboard", "", f"Results database: `{db}` · generated "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {len(sections)} evaluation protocol(s).", ""]
+             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {len(sections)} evaluation protocol(s).", ""]
     if len(sections) > 1:
         lines += ["> These results were made under several evaluation protocols. Each protocol has its own "
                   "section; numbers are never compared across sections.", ""]
@@ -243,7 +243,7 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int)
     warning = ('<p class="warning">These results were made under several evaluation protocols. Each has its own '
                "section; numbers are never compared across sections.</p>") if len(sections) > 1 else ""
     nav = "".join(f'<a href="#p{i}">{s.protocol_id}</a>' for i, s in enumerate(sections, 1))
-    when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>medbench report</title>"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head>"
             f"<body><header><h1>medbench report</h1><p>{html.escape(str(db))} · generated {when} · "

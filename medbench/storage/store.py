@@ -10,7 +10,7 @@ import json
 import math
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -116,7 +116,7 @@ class Store:
 
     def write(self, record: CellRecord) -> None:
         """Insert (or replace) one cell with all its scores, atomically."""
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._conn:  # one transaction: the cell and its scores land together or not at all
             self._conn.execute("DELETE FROM cells WHERE cell_id = ?", (record.cell_id,))
             self._conn.execute(
