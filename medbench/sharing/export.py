@@ -63,8 +63,6 @@ def check_out_dir(out: Path, force: bool) -> Path:
         raise MedbenchError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise MedbenchError(f"{out}: folder exists and is not empty; add --force to replace it")
-    if out.parent.resolve() != out.parent:
-        raise MedbenchError(f"{out}: a parent folder is a symbolic link; give the real path")
     return out
 
 
