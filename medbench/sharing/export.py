@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ def build_manifest(cell: StoredCell, arrays: dict[str, np.ndarray], source: dict
     return _finite({
         "format": PACKAGE_FORMAT,
         "format_version": FORMAT_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_cell": {"cell_id": cell.cell_id, "protocol_id": str(row.protocol_id),
                         "stored_at": str(row.created_at)},
         "dataset": {
