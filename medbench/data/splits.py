@@ -83,6 +83,7 @@ class Splits:
             "mean": list(self.mean),
             "std": list(self.std),
             "license": self.license,
+            "class_names": list(self.class_names),
             **self.meta,
         }
 

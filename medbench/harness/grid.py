@@ -93,6 +93,9 @@ def _dataset_key(ref: str, size: int | None) -> str:
             raise MedbenchError(f"{ref}: size {size} is not available; choose one of {source.sizes}")
         return ref
     path = Path(ref).expanduser().resolve()
+    if (path / "manifest.json").is_file():
+        raise MedbenchError(f"{ref} is a medbench share package (a training set only): evaluate it on your "
+                            f"own dataset with --methods package --method-args package:path={ref}")
     if not (path.is_file() or path.is_dir()):
         raise MedbenchError(f"{ref}: no such dataset file or folder (and no registered dataset of that name)")
     return str(path)
