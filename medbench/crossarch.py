@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import json
 import sys
 import time
@@ -30,19 +29,16 @@ from medbench import hparams
 from medbench.data.catalog import DEFAULT_DATA_ROOT
 from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import Protocol, evaluate
-from medbench.harness.grid import DEFAULT_DB, Cell, resolve_device
+from medbench.harness.grid import DEFAULT_DB, Cell, digest, resolve_device
+from medbench.harness.runner import model_rows
 from medbench.models import MODELS
 from medbench.sharing.stored import StoredCell, load_cell_splits, open_store, stored_cell
 from medbench.storage.condensed_io import load_condensed
 from medbench.storage.provenance import environment
-from medbench.storage.store import CellRecord, ModelRow, Store
+from medbench.storage.store import CellRecord, Store
 from medbench.summary import summarize
 
 DEFAULT_ARCHS = ("convnet", "resnet18", "vgg11", "alexnet")
-
-
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -68,7 +64,7 @@ def target(cell: StoredCell, arch: str) -> tuple[str, str, Protocol]:
     protocol_id = Cell(str(row.method), str(cell.config.get("dataset_ref", row.dataset)), _int_or_none(row["size"]),
                        _int_or_none(row.ipc), int(row.seed), dict(cell.config.get("params", {})),
                        protocol).protocol_id
-    return _digest(["crossarch", cell.cell_id, asdict(protocol)]), protocol_id, protocol
+    return digest(["crossarch", cell.cell_id, asdict(protocol)]), protocol_id, protocol
 
 
 def _record(cell: StoredCell, arch: str, cell_id: str, protocol_id: str, protocol: Protocol, scores: list,
@@ -84,8 +80,7 @@ def _record(cell: StoredCell, arch: str, cell_id: str, protocol_id: str, protoco
         condensed_images=_int_or_none(row.condensed_images), condensed_bytes=_int_or_none(row.condensed_bytes),
         compression_ratio=None if pd.isna(row.compression_ratio) else float(row.compression_ratio),
         condensed_path=str(cell.condensed_path),
-        models=[ModelRow(s.index, s.seed, s.lr, s.epochs, s.train_seconds, {"val": s.val, "test": s.test})
-                for s in scores],
+        models=model_rows(scores),
     )
 
 

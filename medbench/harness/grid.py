@@ -19,7 +19,8 @@ from medbench.method import get_method
 DEFAULT_DB = Path("results/medbench.sqlite")
 
 
-def _digest(payload: Any) -> str:
+def digest(payload: Any) -> str:
+    """A short, stable hash of JSON-able settings: cell and protocol identities."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -35,11 +36,11 @@ class Cell:
 
     @property
     def protocol_id(self) -> str:
-        return _digest(asdict(self.protocol))
+        return digest(asdict(self.protocol))
 
     @property
     def cell_id(self) -> str:
-        return _digest([self.method, self.dataset, self.size, self.ipc, self.seed, self.params,
+        return digest([self.method, self.dataset, self.size, self.ipc, self.seed, self.params,
                         asdict(self.protocol)])
 
     @property

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
 from medbench.errors import CellFailed, MedbenchError
-from medbench.evaluation import evaluate
+from medbench.evaluation import ModelScore, evaluate
 from medbench.harness.grid import Cell, GridSpec, expand, resolve_device
 from medbench.method import CondensedSet, DistillTask, get_method
 from medbench.storage.condensed_io import save_condensed
@@ -94,6 +94,12 @@ def _base_record(cell: Cell, splits: Splits, **fields) -> CellRecord:
     )
 
 
+def model_rows(scores: Iterable[ModelScore]) -> list[ModelRow]:
+    """The store's rows for the evaluation networks of one cell."""
+    return [ModelRow(s.index, s.seed, s.lr, s.epochs, s.train_seconds, {"val": s.val, "test": s.test})
+            for s in scores]
+
+
 def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None) -> Outcome:
     """Distil and evaluate one cell; a method that cannot finish gives a failed record."""
     bar = bar or _Bar(False)
@@ -129,8 +135,7 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None)
         distill_seconds=distill_seconds, eval_seconds=time.perf_counter() - start, condensed_images=n_images,
         condensed_bytes=condensed.images.numel() * 4,  # float32, as stored
         compression_ratio=n_images / len(splits.train),
-        models=[ModelRow(s.index, s.seed, s.lr, s.epochs, s.train_seconds, {"val": s.val, "test": s.test})
-                for s in scores],
+        models=model_rows(scores),
     )
     # The full training set is not copied again next to the database.
     return record, condensed if method.uses_ipc else None
