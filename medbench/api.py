@@ -37,6 +37,7 @@ def run(
     executor: str = "local",
     workers: int = 1,
     ray_address: str | None = None,
+    eval_batching: str = "auto",
     progress: bool = False,
     **protocol: Any,
 ) -> pd.DataFrame:
@@ -51,6 +52,7 @@ def run(
         protocol=hparams.build(Protocol, protocol, context="protocol"),
         data_root=Path(data_root).expanduser(), download=download, db=Path(db), device=device,
         retry_failed=retry_failed, executor=executor, workers=workers, ray_address=ray_address,
+        eval_batching=eval_batching,
     )
     return run_grid(spec, progress=progress)
 

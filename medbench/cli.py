@@ -16,6 +16,7 @@ from medbench import hparams
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
+from medbench.evaluation.batched import BATCHINGS
 from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.method import get_method, list_methods
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["local", "process", "ray"],
                    help="local (in-process, default), process (pool of --workers) or ray")
     r.add_argument("--ray-address", help="join a Ray cluster: auto or HOST:PORT (default: start a local one)")
+    r.add_argument("--eval-batching", choices=BATCHINGS,
+                   help="train the K eval networks one at a time or together; same results (default: auto)")
     r.add_argument("--retry-failed", action="store_true", default=None, help="run failed cells again")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table",
@@ -217,7 +220,7 @@ PROTOCOL_OPTIONS = ("eval_models", "epochs", "full_epochs", "lr", "batch_size", 
 GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "seeds": "seeds", "size": "size",
                 "data_root": "data_root", "download": "download", "db": "db", "device": "device",
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
-                "ray_address": "ray_address"}
+                "ray_address": "ray_address", "eval_batching": "eval_batching"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:

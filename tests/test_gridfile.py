@@ -121,3 +121,22 @@ def test_parser_has_no_hidden_defaults_for_overridable_options():
     assert args.epochs is None and args.methods is None and args.download is None
     spec = grid_spec_from_args(args)
     assert spec.methods == ("random",) and spec.protocol.epochs == 300 and spec.db == Path("results/medbench.sqlite")
+
+
+def test_eval_batching_reaches_the_protocol_and_keeps_cell_ids(toy_npz, tmp_path, monkeypatch):
+    import medbench.harness.runner as runner
+
+    assert _spec("--eval-batching", "vmap").eval_batching == "vmap"
+    seen = []
+    real = runner.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batching"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    grouped = _grid(toy_npz, tmp_path / "g.sqlite", methods=["random"], seeds=[0], eval_batching="grouped")
+    sequential = _grid(toy_npz, tmp_path / "s.sqlite", methods=["random"], seeds=[0])
+    assert seen == ["grouped", "grouped", "auto", "auto"]
+    assert list(grouped.cell_id) == list(sequential.cell_id)  # an execution choice, not a new cell
+    assert (grouped[METRICS] - sequential[METRICS]).abs().max().max() < 1e-3

@@ -68,6 +68,7 @@ class GridSpec:
     executor: str = "local"  # local (in-process), process (a local pool) or ray
     workers: int = 1
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or HOST:PORT to join one
+    eval_batching: str = "auto"  # how the K eval networks are trained; same numbers, so not part of a cell
 
 
 def resolve_device(name: str) -> torch.device:

@@ -100,7 +100,7 @@ def model_rows(scores: Iterable[ModelScore]) -> list[ModelRow]:
             for s in scores]
 
 
-def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None) -> Outcome:
+def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None, batching: str = "auto") -> Outcome:
     """Distil and evaluate one cell; a method that cannot finish gives a failed record."""
     bar = bar or _Bar(False)
     method = get_method(cell.method)
@@ -126,7 +126,7 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None)
     start = time.perf_counter()
     try:
         scores = evaluate(condensed, splits, cell.protocol, seed=cell.seed, full=not method.uses_ipc,
-                          on_epoch=bar.update)
+                          on_epoch=bar.update, batching=batching)
     finally:
         bar.close()
     n_images = len(condensed)
@@ -176,20 +176,21 @@ def _run_local(cells: list[Cell], spec: GridSpec, device: torch.device, progress
         splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
         check_ipc(group, splits)
         for cell in group:
-            yield run_cell(cell, splits, spec.db.parent, bar)
+            yield run_cell(cell, splits, spec.db.parent, bar, batching=spec.eval_batching)
 
 
-def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: str, threads: int) -> Outcome:
+def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: str, batching: str,
+                 threads: int) -> Outcome:
     """Run one cell in a worker process (pool or Ray): load (cached), check, distil, evaluate."""
     torch.set_num_threads(threads)
     splits = _load(cell.dataset, cell.size, root, download, device)
     check_ipc([cell], splits)
-    return run_cell(cell, splits, Path(workdir))
+    return run_cell(cell, splits, Path(workdir), batching=batching)
 
 
 def _worker_args(spec: GridSpec, device: torch.device) -> tuple:
     threads = max(1, (os.cpu_count() or 1) // spec.workers)
-    return str(spec.data_root), spec.download, str(device), str(spec.db.parent.resolve()), threads
+    return str(spec.data_root), spec.download, str(device), str(spec.db.parent.resolve()), spec.eval_batching, threads
 
 
 def _run_pool(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
