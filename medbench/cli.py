@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_results)
 
+    p = sub.add_parser("merge", help="copy the cells of other results databases into one (e.g. from several "
+                                      "machines)")
+    p.add_argument("sources", nargs="+", type=Path, help="databases to copy from")
+    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="database to add to (default: %(default)s)")
+    p.set_defaults(func=cmd_merge)
+
     p = sub.add_parser(
         "experts", help="build (or reuse) the MTT expert-trajectory buffer of a dataset",
         description="Train MTT's expert networks on a dataset's training split, saving their parameters "
@@ -288,6 +294,15 @@ def cmd_experts(args: argparse.Namespace) -> int:
     for key, value in facts.items():
         shown = f"{value:.4f}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from medbench.storage.store import Store
+
+    with Store(args.db) as store:
+        for source in args.sources:
+            print(f"{source}: {store.merge(source)} new cell(s) added to {args.db}")
     return 0
 
 

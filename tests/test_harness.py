@@ -150,3 +150,20 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(toy_npz, tmp_pa
         per_cell = conn.execute("SELECT cell_id, COUNT(*) FROM eval_models GROUP BY cell_id").fetchall()
         assert len(per_cell) == 6 and all(n == 2 for _, n in per_cell)  # no partial cells
         assert conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 6 * 2 * 2 * 4
+
+
+def test_merge_copies_missing_cells_with_their_files(toy_npz, tmp_path, capsys):
+    from medbench.cli import main
+
+    a = _run(toy_npz, tmp_path / "a" / "r.sqlite", methods=["random"], ipc=[1])
+    b = _run(toy_npz, tmp_path / "b" / "r.sqlite", methods=["random"], ipc=[1, 2])
+    assert main(["merge", str(tmp_path / "b" / "r.sqlite"), "--db", str(tmp_path / "a" / "r.sqlite")]) == 0
+    assert "1 new cell(s)" in capsys.readouterr().out
+    merged = medbench.results(tmp_path / "a" / "r.sqlite")
+    assert sorted(merged.cell_id) == sorted(b.cell_id) and a.cell_id[0] in set(merged.cell_id)
+    with sqlite3.connect(tmp_path / "a" / "r.sqlite") as conn:
+        (path,) = conn.execute("SELECT condensed_path FROM cells WHERE ipc = 2").fetchone()
+        assert conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 2 * 2 * 2 * 4
+    assert str(tmp_path / "a" / "condensed") in path and load_condensed(path).images.shape[0] == 6
+    assert main(["merge", str(tmp_path / "b" / "r.sqlite"), "--db", str(tmp_path / "a" / "r.sqlite")]) == 0
+    assert "0 new cell(s)" in capsys.readouterr().out

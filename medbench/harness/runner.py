@@ -257,7 +257,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
                     path = db.parent / "condensed" / f"{record.cell_id}.npz"
                     stats = record.config["dataset"]
                     save_condensed(path, condensed, stats["mean"], stats["std"])
-                    record = dataclasses.replace(record, condensed_path=str(path))
+                    record = dataclasses.replace(record, condensed_path=str(path.resolve()))
                 store.write(record)
                 if record.status == "failed":
                     tqdm.write(f"medbench: {record.method} · {record.dataset} · ipc {record.ipc} failed: "

@@ -18,6 +18,7 @@ from medbench.analysis.frames import describe_protocol, model_scores, protocols,
 from medbench.errors import MedbenchError
 from medbench.reports import figures
 from medbench.reports.tables import Table, aggregate, dataset_table, failed_notes, frame_table, method_order, n_train
+from medbench.storage.condensed_io import locate_condensed
 from medbench.storage.store import Store
 
 MAX_GRIDS = 80  # image mosaics per report; beyond this the page gets too heavy to read
@@ -121,16 +122,6 @@ def leaderboard_markdown(sections: list[Section], db: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _resolve(path: str | None, db: Path) -> Path | None:
-    """A stored condensed path: as written, relative to the current directory or beside the DB."""
-    if not path:
-        return None
-    p = Path(path)
-    for candidate in (p, Path.cwd() / p, db.parent / "condensed" / p.name):
-        if candidate.is_file():
-            return candidate
-    return None
-
 
 def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget: list[int]) -> list[str]:
     """HTML blocks of condensed-set mosaics (first seed of each cell key), dataset by dataset."""
@@ -145,7 +136,7 @@ def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget
                 cell = at_ipc[at_ipc.method == method].sort_values("seed").iloc[0]
                 if budget[0] <= 0:
                     break
-                path = _resolve(cell.condensed_path, db)
+                path = locate_condensed(cell.condensed_path, db)
                 loaded = figures.load_images(path) if path else None
                 if loaded is None:
                     tiles.append(f'<div class="tile missing">{html.escape(method)}: condensed set not found</div>')

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medbench.errors import MedbenchError
+from medbench.storage.condensed_io import locate_condensed
 from medbench.storage.store import Store
 
 
@@ -49,11 +50,10 @@ def _condensed_file(db: Path, row: pd.Series) -> Path | None:
     """The stored path, or the same file name beside the database (the db folder was moved)."""
     if row.condensed_path is None or pd.isna(row.condensed_path):
         return None
-    stored = Path(str(row.condensed_path))
-    for candidate in (stored, Path(db).parent / "condensed" / stored.name):
-        if candidate.is_file():
-            return candidate
-    raise MedbenchError(f"cell {row.cell_id[:12]}: condensed file {stored} is missing")
+    found = locate_condensed(str(row.condensed_path), db)
+    if found is None:
+        raise MedbenchError(f"cell {row.cell_id[:12]}: condensed file {row.condensed_path} is missing")
+    return found
 
 
 def stored_cell(store: Store, row: pd.Series) -> StoredCell:

@@ -49,3 +49,15 @@ def load_condensed(path: Path) -> CondensedSet:
         lr = float(npz["learned_lr"]) if "learned_lr" in npz.files else None
         extras = {k[len("extra_"):]: torch.from_numpy(npz[k]) for k in npz.files if k.startswith("extra_")}
         return CondensedSet(torch.from_numpy(npz["images_float32"]), labels, lr=lr, extras=extras)
+
+
+def locate_condensed(stored: str | None, db: Path) -> Path | None:
+    """A cell's condensed file: the stored path, or the same name in ``condensed/`` beside the
+    database (the results folder was moved or merged from elsewhere). None when neither exists."""
+    if not stored:
+        return None
+    path = Path(stored)
+    for candidate in (path, Path(db).parent / "condensed" / path.name):
+        if candidate.is_file():
+            return candidate
+    return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -144,6 +145,36 @@ class Store:
                         for metric, value in metrics.items()
                     ],
                 )
+
+    def merge(self, source: Path | str) -> int:
+        """Copy the cells of another results database that this one lacks (with their scores and
+        condensed files); returns how many were added. For grids run on several machines."""
+        source = Path(source)
+        if not source.is_file():
+            raise MedbenchError(f"{source}: no results database there")
+        with sqlite3.connect(source) as other:
+            other_ids = [r[0] for r in other.execute("SELECT cell_id FROM cells")]
+        new = [c for c in other_ids if self.status(c) is None]
+        with self._conn:
+            self._conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+            try:
+                for cell_id in new:
+                    for table in ("cells", "eval_models", "scores"):
+                        self._conn.execute(f"INSERT INTO {table} SELECT * FROM src.{table} WHERE cell_id = ?",
+                                           (cell_id,))
+            finally:
+                self._conn.commit()
+                self._conn.execute("DETACH DATABASE src")
+        for cell_id in new:
+            file = source.parent / "condensed" / f"{cell_id}.npz"
+            if file.is_file():
+                target = self.path.parent / "condensed" / file.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(file, target)
+                self._conn.execute("UPDATE cells SET condensed_path = ? WHERE cell_id = ?",
+                                   (str(target.resolve()), cell_id))
+        self._conn.commit()
+        return len(new)
 
     def cells(self, cell_ids: list[str] | None = None) -> pd.DataFrame:
         df = pd.read_sql_query("SELECT * FROM cells ORDER BY dataset, method, ipc, seed", self._conn)
