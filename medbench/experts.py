@@ -48,10 +48,11 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.func import functional_call
 
-from medbench.data.splits import Split, Splits
+from medbench.data.splits import Split, Splits, TrainGeometry
 from medbench.errors import MedbenchError
 from medbench.hparams import check
 from medbench.models import ModelSpec
+from medbench.storage.files import atomic_write_bytes, sha256_file
 from medbench.training import accuracy, loss_fn
 from medbench.whitening import ZCA
 
@@ -163,7 +164,7 @@ def derived_seed(*parts: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Data:
+class _Data(TrainGeometry):
     """What ``build_buffer`` needs, from either ``Splits`` or a ``DistillTask``."""
 
     name: str
@@ -174,14 +175,6 @@ class _Data:
     normalize: Callable[[torch.Tensor], torch.Tensor]
     model: ModelSpec
     device: torch.device
-
-    @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def size(self) -> int:
-        return int(self.train.images.shape[-1])
 
 
 def _as_data(data: Any, model: ModelSpec | None) -> _Data:
@@ -250,23 +243,6 @@ def buffer_key(data: _Data, config: ExpertConfig, fingerprint: dict[str, Any]) -
 
 
 # --- files ---------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _expert_file(index: int) -> str:
@@ -457,20 +433,20 @@ def build_buffer(
     def save_manifest() -> None:
         payload = json.dumps(manifest, indent=1, sort_keys=True).encode()
         if not (manifest_path.is_file() and manifest_path.read_bytes() == payload):
-            _atomic_write(manifest_path, payload)
+            atomic_write_bytes(manifest_path, payload)
 
     # ZCA first: the experts are trained on whitened images and distillation must use the same one.
     zca: ZCA | None = None
     if config.zca:
         zca_path = path / ZCA_FILE
         recorded = manifest.get("zca_sha256")
-        if zca_path.is_file() and recorded and _sha256_file(zca_path) == recorded:
+        if zca_path.is_file() and recorded and sha256_file(zca_path) == recorded:
             t = st_load(zca_path.read_bytes())
             zca = ZCA(t["mean"], t["matrix"])
         else:
             zca = ZCA.fit(lambda a, b: d.normalize(d.train.images[a:b]), len(d.train), config.zca_eps)
             payload = st_save({"mean": zca.mean.contiguous(), "matrix": zca.matrix.contiguous()})
-            _atomic_write(zca_path, payload)
+            atomic_write_bytes(zca_path, payload)
             manifest["zca_sha256"] = hashlib.sha256(payload).hexdigest()
             experts.clear()  # trained against another transform: not trustworthy
             save_manifest()
@@ -489,13 +465,13 @@ def build_buffer(
         problem = None
         if _header_shape(file) != shape:
             problem = "unreadable or wrong shape"
-        elif entry is not None and _sha256_file(file) != entry.get("sha256"):
+        elif entry is not None and sha256_file(file) != entry.get("sha256"):
             problem = "sha256 mismatch"
         if problem:
             say(f"expert buffer {path.name}: expert {index} {problem}; rebuilding it")
             return False
         if entry is None:  # written atomically by an interrupted run that lost its manifest
-            entry = experts[str(index)] = {"file": file.name, "sha256": _sha256_file(file)}
+            entry = experts[str(index)] = {"file": file.name, "sha256": sha256_file(file)}
         entry.update(bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
         return True
 
@@ -526,7 +502,7 @@ def build_buffer(
         payload = st_save({"trajectory": trajectory.to(config.torch_dtype).contiguous()},
                           metadata={"key": key, "index": str(i)})
         file = path / _expert_file(i)
-        _atomic_write(file, payload)
+        atomic_write_bytes(file, payload)
         stat = file.stat()
         experts[str(i)] = {
             "file": file.name,

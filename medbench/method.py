@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from medbench import hparams
-from medbench.data.splits import Split, Splits
+from medbench.data.splits import Split, Splits, TrainGeometry
 from medbench.models import ModelSpec
 from medbench.registry import Registry
 
@@ -47,7 +47,7 @@ class CondensedSet:
 
 
 @dataclass(frozen=True)
-class DistillTask:
+class DistillTask(TrainGeometry):
     """Everything a method may use: training and validation data, never the test split."""
 
     train: Split  # uint8 images on ``device``
@@ -60,14 +60,6 @@ class DistillTask:
     model: ModelSpec = field(default_factory=ModelSpec)
     checkpoint_dir: Path | None = None  # where a long method may save state to resume from
     progress: Callable[[int, int], None] | None = None  # (done, total) for progress bars
-
-    @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def size(self) -> int:
-        return int(self.train.images.shape[-1])
 
     @cached_property
     def class_indices(self) -> list[torch.Tensor]:

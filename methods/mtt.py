@@ -41,7 +41,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +65,7 @@ from medbench.experts import (
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
 from medbench.models import ModelSpec
+from medbench.storage.files import atomic_write_bytes
 from medbench.training import accuracy, loss_fn, train_network
 from medbench.whitening import ZCA
 
@@ -309,9 +309,7 @@ class _State:
         meta = {"digest": digest, "iteration": str(self.iteration), "best_lr": repr(self.best_lr),
                 "best_iteration": str(self.best_iteration), "best_val": repr(self.best_val)}
         payload = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, payload)
 
     @classmethod
     def load(cls, path: Path, digest: str) -> _State | None:

@@ -28,8 +28,22 @@ class Split:
         return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
 
 
+class TrainGeometry:
+    """``channels`` and ``size`` of anything that holds a training :class:`Split` as ``train``."""
+
+    train: Split
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+
 @dataclass(frozen=True)
-class Splits:
+class Splits(TrainGeometry):
     """A dataset ready for distillation and evaluation; stats come from the training split."""
 
     name: str
@@ -43,14 +57,6 @@ class Splits:
     license: str | None = None
     source: str = ""
     meta: dict = field(default_factory=dict)
-
-    @property
-    def channels(self) -> int:
-        return int(self.train.images.shape[1])
-
-    @property
-    def size(self) -> int:
-        return int(self.train.images.shape[-1])
 
     @property
     def device(self) -> torch.device:

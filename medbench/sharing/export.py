@@ -34,6 +34,7 @@ import numpy as np
 from medbench.errors import DataError, MedbenchError
 from medbench.sharing.figures import contact_sheet
 from medbench.sharing.stored import StoredCell, class_names, open_store, read_npz_arrays, resolve_cell
+from medbench.storage.files import sha256_file
 
 PACKAGE_FORMAT = "medbench-package"
 FORMAT_VERSION = 1
@@ -76,14 +77,6 @@ def safe_member(root: Path, name: str) -> Path:
     if path.is_symlink() or not path.resolve().is_relative_to(root.resolve()):
         raise MedbenchError(f"{name!r}: points outside the package")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- the manifest's own hash ------------------------------------------------------------------
