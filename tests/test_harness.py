@@ -15,6 +15,7 @@ import medbench
 from medbench.errors import CellFailed, MedbenchError
 from medbench.method import METHODS, register_method
 from medbench.storage.condensed_io import load_condensed
+from medbench.storage.store import Store
 
 
 def _run(toy_npz, db, **kw):
@@ -167,3 +168,11 @@ def test_merge_copies_missing_cells_with_their_files(toy_npz, tmp_path, capsys):
     assert str(tmp_path / "a" / "condensed") in path and load_condensed(path).images.shape[0] == 6
     assert main(["merge", str(tmp_path / "b" / "r.sqlite"), "--db", str(tmp_path / "a" / "r.sqlite")]) == 0
     assert "0 new cell(s)" in capsys.readouterr().out
+
+
+def test_merge_of_databases_in_one_folder(toy_npz, tmp_path):
+    _run(toy_npz, tmp_path / "a.sqlite", methods=["random"], ipc=[1])
+    _run(toy_npz, tmp_path / "b.sqlite", methods=["random"], ipc=[2])
+    with Store(tmp_path / "a.sqlite") as store:
+        assert store.merge(tmp_path / "b.sqlite") == 1
+    assert len(medbench.results(tmp_path / "a.sqlite")) == 2

@@ -170,7 +170,8 @@ class Store:
             if file.is_file():
                 target = self.path.parent / "condensed" / file.name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(file, target)
+                if file.resolve() != target.resolve():  # databases in one folder share condensed/
+                    shutil.copy2(file, target)
                 self._conn.execute("UPDATE cells SET condensed_path = ? WHERE cell_id = ?",
                                    (str(target.resolve()), cell_id))
         self._conn.commit()
