@@ -104,10 +104,13 @@ def bootstrap_r(x: np.ndarray, y: np.ndarray, *, n_boot: int = 2000, seed: int =
     """Percentile CI of Pearson r over datasets resampled with replacement (seeded).
 
     Resamples drawing fewer than 3 distinct datasets (r is then ±1 or undefined by construction)
-    or with a constant axis are dropped; NaN when none remains.
+    or with a constant axis are dropped; NaN when none remains. With exactly 3 datasets the only
+    valid resamples are permutations of the data, so the "interval" would be r itself: NaN too.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
+    if len(x) <= MIN_DATASETS:
+        return math.nan, math.nan
     idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
     xs, ys = x[idx], y[idx]
     xc = xs - xs.mean(axis=1, keepdims=True)
