@@ -17,6 +17,14 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels if labels.is_floating_point() else labels.long())
 
 
+def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:
+    """The evaluation schedule of the DC/DSA/DM/MTT code: lr × 0.1 from half the epochs on.
+    Shared by the sequential and the batched trainers, which must stay identical."""
+    if epoch == epochs // 2 and epochs > 1:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.1
+
+
 def train_network(
     model: nn.Module,
     images: torch.Tensor,
@@ -40,9 +48,7 @@ def train_network(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
     for epoch in range(epochs):
-        if epoch == epochs // 2 and epochs > 1:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
+        apply_schedule(optimizer, lr, epoch, epochs)
         order = torch.randperm(n, generator=generator).to(images.device)
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]

@@ -39,7 +39,7 @@ from medbench.augment import Params, SiameseAugment
 from medbench.errors import MedbenchError
 from medbench.models import ModelSpec
 from medbench.models.convnet import ConvNet
-from medbench.training import Augment
+from medbench.training import Augment, apply_schedule
 
 BATCHINGS = ("auto", "sequential", "vmap", "grouped")
 
@@ -345,9 +345,7 @@ def train_stacked(
     n = images.shape[0]
     autocast = options.autocast(images.device)
     for epoch in range(epochs):
-        if epoch == epochs // 2 and epochs > 1:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
+        apply_schedule(optimizer, lr, epoch, epochs)
         orders = to_device(torch.stack([torch.randperm(n, generator=g) for g in generators]), images.device)
         for start in range(0, n, batch_size):
             batch = orders[:, start : start + batch_size]  # (K, B)
