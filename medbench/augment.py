@@ -29,6 +29,7 @@ import torch
 from kornia.geometry.transform import get_affine_matrix2d, hflip, warp_affine
 from torch import Tensor
 
+from medbench.devices import to_device
 from medbench.hparams import check
 
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -74,7 +75,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class Params:
-    """``n`` parameter sets as CPU tensors with leading dimension ``n`` (see the module doc)."""
+    """``n`` parameter sets with leading dimension ``n`` (see the module doc): drawn as CPU
+    tensors, moved to the images' device by :meth:`to` (``apply`` does it once per call)."""
 
     brightness: Tensor  # (n,) additive shift
     saturation: Tensor  # (n,) factor
@@ -94,6 +96,16 @@ class Params:
         """The sets at ``index`` (an int keeps its dimension: one set to share over a batch)."""
         index = slice(index, index + 1) if isinstance(index, int) else index
         values = {f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "active"}
+        return Params(**values, active=self.active)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Params:
+        """The sets on ``device`` with float fields in ``dtype``, copied without a host sync."""
+        values = {}
+        for f in fields(self):
+            if f.name == "active":
+                continue
+            t = getattr(self, f.name)
+            values[f.name] = to_device(t.to(dtype) if t.is_floating_point() else t, device)
         return Params(**values, active=self.active)
 
     def repeat_interleave(self, repeats: int | Tensor) -> Params:
@@ -168,8 +180,10 @@ class SiameseAugment:
         if not active:
             return x
 
+        params = params.to(x.device, x.dtype)
+
         def per_image(t: Tensor) -> Tensor:
-            return t.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+            return t.view(-1, 1, 1, 1)
 
         if "brightness" in active:
             x = x + per_image(params.brightness)
@@ -180,12 +194,12 @@ class SiameseAugment:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * per_image(params.contrast) + mean
         if "flip" in active:
-            x = torch.where(params.flip.to(x.device).view(-1, 1, 1, 1), hflip(x), x)
+            x = torch.where(params.flip.view(-1, 1, 1, 1), hflip(x), x)
         if active & {"crop", "scale", "rotate"}:
-            matrix = params.matrix.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 3)
+            matrix = params.matrix.expand(x.shape[0], 2, 3)
             x = warp_affine(x, matrix, dsize=(x.shape[-2], x.shape[-1]), align_corners=True)
         if "cutout" in active:
-            x = x * self._cutout_mask(params.cutout.to(x.device), x)
+            x = x * self._cutout_mask(params.cutout, x)
         return x
 
     @staticmethod

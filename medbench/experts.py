@@ -49,6 +49,7 @@ from torch import nn
 from torch.func import functional_call
 
 from medbench.data.splits import Split, Splits, TrainGeometry
+from medbench.devices import to_device
 from medbench.errors import MedbenchError
 from medbench.hparams import check
 from medbench.models import ModelSpec
@@ -359,7 +360,7 @@ def _train_expert(data: _Data, config: ExpertConfig, index: int, zca: ZCA | None
     snapshots = [flat.flatten().cpu()]
     n = len(data.train)
     for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=generator).to(data.train.images.device)
+        order = to_device(torch.randperm(n, generator=generator), data.train.images.device)
         for start in range(0, n, config.batch_size):
             batch = order[start : start + config.batch_size]
             x = data.normalize(data.train.images[batch])

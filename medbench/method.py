@@ -18,6 +18,7 @@ import torch
 
 from medbench import hparams
 from medbench.data.splits import Split, Splits, TrainGeometry
+from medbench.devices import to_device
 from medbench.models import ModelSpec
 from medbench.registry import Registry
 
@@ -73,7 +74,7 @@ class DistillTask(TrainGeometry):
     def sample_class(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` normalised images of class ``c`` drawn without replacement (all if fewer)."""
         pool = self.class_indices[c]
-        order = torch.randperm(len(pool), generator=generator, device="cpu")[:n].to(pool.device)
+        order = to_device(torch.randperm(len(pool), generator=generator, device="cpu")[:n], pool.device)
         return self.real(pool[order])
 
     def build_model(self) -> torch.nn.Module:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medbench.devices import to_device
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -49,7 +51,7 @@ def train_network(
     n = images.shape[0]
     for epoch in range(epochs):
         apply_schedule(optimizer, lr, epoch, epochs)
-        order = torch.randperm(n, generator=generator).to(images.device)
+        order = to_device(torch.randperm(n, generator=generator), images.device)
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
             x = images[batch]

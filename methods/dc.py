@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from medbench.augment import SiameseAugment
+from medbench.devices import to_device
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
 
@@ -147,7 +148,7 @@ def train_inner(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.
     net.train()
     n = images.shape[0]
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(images.device)
+        order = to_device(torch.randperm(n, generator=generator), images.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             x = images[idx] if augment is None else augment(images[idx], generator)

@@ -51,6 +51,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from medbench.data.splits import Splits
+from medbench.devices import to_device
 from medbench.errors import CellFailed, MedbenchError
 from medbench.experts import (
     ExpertBuffer,
@@ -154,7 +155,10 @@ class Step:
 
 def plan_unroll(n: int, batch: int, steps: int, generator: torch.Generator,
                 augment: Any | None = None, images: torch.Tensor | None = None) -> list[Step]:
-    """Mini-batches cycling through fresh permutations (as the reference) and per-image DSA draws."""
+    """Mini-batches cycling through fresh permutations (as the reference) and per-image DSA draws.
+
+    Drawn on the CPU and, when ``images`` is given, queued to its device here, before the unroll,
+    so no student step waits on a host copy."""
     plan: list[Step] = []
     chunks: list[torch.Tensor] = []
     for _ in range(steps):
@@ -163,14 +167,14 @@ def plan_unroll(n: int, batch: int, steps: int, generator: torch.Generator,
         idx = chunks.pop(0)
         params = None
         if augment is not None and images is not None:
-            params = augment.sample(images[: len(idx)], generator, n=len(idx))
-        plan.append(Step(idx, params))
+            params = augment.sample(images[: len(idx)], generator, n=len(idx)).to(images.device, images.dtype)
+        plan.append(Step(idx if images is None else to_device(idx, images.device), params))
     return plan
 
 
 @dataclass(frozen=True)
 class Match:
-    loss: float
+    loss: torch.Tensor  # 0-dim, on the device: reading it is a host sync, left to the caller
     grad_images: torch.Tensor
     grad_lr: torch.Tensor
 
@@ -197,7 +201,7 @@ def match_unrolled(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, 
         theta = theta - lr * _step_grad(net, theta, x, labels[step.indices.to(labels.device)], True)
     loss = (theta - target).pow(2).sum() / (start - target).pow(2).sum()
     grad_images, grad_lr = torch.autograd.grad(loss, (images, lr))
-    return Match(float(loss.detach()), grad_images, grad_lr)
+    return Match(loss.detach(), grad_images, grad_lr)
 
 
 def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
@@ -227,7 +231,7 @@ def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor,
         theta = advance(theta, j)
 
     scale = (start - target).pow(2).sum()
-    loss = float((theta - target).pow(2).sum() / scale)
+    loss = ((theta - target).pow(2).sum() / scale).detach()
     lam = 2.0 * (theta - target) / scale  # ∂L/∂θ_J
     grad_images = torch.zeros_like(images)
     grad_lr = torch.zeros((), dtype=lr.dtype, device=lr.device)
@@ -362,6 +366,14 @@ def _val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor,
     return accuracy(model, task.val.images, task.val.labels, prepare=prepare)
 
 
+def _divergence(loss: torch.Tensor, lr: torch.Tensor) -> str:
+    """Why an iteration failed its health check."""
+    learned = float(lr.detach())
+    if not math.isfinite(float(loss)):
+        return "non-finite matching loss"
+    return "non-finite images" if math.isfinite(learned) and learned > 0 else f"learned lr {learned:g}"
+
+
 def prepare_buffer(splits: Splits, params: MTTParams, model: ModelSpec,
                    progress: Callable[[int, int], None] | None = None) -> ExpertBuffer | None:
     """Build the dataset's expert buffer once, before its cells, from the full splits so the
@@ -429,21 +441,20 @@ def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
     for it in range(state.iteration, params.iterations):
         expert = int(torch.randint(buffer.num_experts, (1,), generator=generator))
         start_epoch = int(torch.randint(params.max_start_epoch, (1,), generator=generator))
-        pair = buffer.snapshots(expert, [start_epoch, start_epoch + params.expert_epochs]).to(task.device)
+        pair = to_device(buffer.snapshots(expert, [start_epoch, start_epoch + params.expert_epochs]), task.device)
         plan = plan_unroll(len(labels), batch, params.syn_steps, generator, augment, images.detach())
         out = match(net, images, labels, lr, pair[0], pair[1], plan, augment, **extra)
-        if not math.isfinite(out.loss):
-            raise Diverged(it, "non-finite matching loss", result(state, f"diverged at iteration {it}"))
         images.grad, lr.grad = out.grad_images, out.grad_lr.reshape(lr.shape)
         opt_images.step()
         opt_lr.step()
-        learned = float(lr.detach())
-        if not (learned > 0 and math.isfinite(learned)) or not bool(torch.isfinite(images).all()):
-            reason = "non-finite images" if math.isfinite(learned) and learned > 0 else f"learned lr {learned:g}"
-            raise Diverged(it, reason, result(state, f"diverged at iteration {it}"))
+        # One host sync per iteration for all three divergence checks; the reason only on failure.
+        healthy = torch.isfinite(out.loss) & torch.isfinite(lr) & (lr > 0) & torch.isfinite(images).all()
+        if not bool(healthy):
+            raise Diverged(it, _divergence(out.loss, lr), result(state, f"diverged at iteration {it}"))
         done = it + 1
         task.report(done, params.iterations)
         if done % params.eval_every == 0 or done == params.iterations:
+            learned = float(lr.detach())
             val = _val_accuracy(task, images, labels, learned, params, zca, done, augment)
             state = snapshot(done)
             if val > state.best_val:

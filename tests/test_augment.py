@@ -134,3 +134,15 @@ def test_protocol_trains_with_dsa_augmentation(monkeypatch) -> None:
     assert (first.val, first.test) == (second.val, second.test)
     evaluate(condensed, splits, Protocol(width=8, depth=2, epochs=2, eval_models=1), seed=0)
     assert len(calls) == 4  # "none" trains without augmentation
+
+
+def test_params_move_once_to_the_images_dtype_and_device():
+    aug = SiameseAugment(AugmentConfig(), 3)
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.float64)
+    params = aug.sample(x, _gen(), n=4)
+    moved = params.to(x.device, x.dtype)
+    assert moved.matrix.dtype == torch.float64 and moved.brightness.dtype == torch.float64
+    assert moved.flip.dtype == torch.bool and not moved.cutout.is_floating_point()
+    assert moved.active == params.active
+    # Moving first changes nothing about the result.
+    assert torch.equal(aug.apply(x + 1, moved), aug.apply(x + 1, params))

@@ -6,6 +6,7 @@ tensors, which matters for the 128 and 224 px MedMNIST sets and for keeping data
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -64,8 +65,7 @@ class Splits(TrainGeometry):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float32 normalised with the training split's statistics."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        mean, std = _channel_tensor(tuple(self.mean), images.device), _channel_tensor(tuple(self.std), images.device)
         return (images.float() / 255.0 - mean) / std
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,6 +92,13 @@ class Splits(TrainGeometry):
             "class_names": list(self.class_names),
             **self.meta,
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_tensor(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) float32 on ``device``, built once: normalising runs for every batch, and
+    building the tensor on a GPU each time would copy from the host and sync."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

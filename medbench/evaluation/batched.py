@@ -36,6 +36,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from medbench.augment import Params, SiameseAugment
+from medbench.devices import to_device
 from medbench.errors import MedbenchError
 from medbench.models import ModelSpec
 from medbench.models.convnet import ConvNet
@@ -284,25 +285,10 @@ def per_model_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), target, reduction="none").view(k, b).mean(1)
 
 
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU tensor onto ``device`` without a host sync: a plain ``.to("cuda")`` of pageable memory
-    synchronises the stream, i.e. waits for every queued kernel (once per SGD step here). Pinned
-    (cached by torch's host allocator) + ``non_blocking`` queues the copy instead. Not measured
-    on a GPU in this project yet; on the CPU it is the identity."""
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def _cat_params(draws: Sequence[Params], device: torch.device, dtype: torch.dtype) -> Params:
-    """The K draws as one set for K·B images, moved once (``apply``'s own ``.to`` is then a no-op)."""
-    values = {}
-    for f in fields(Params):
-        if f.name == "active":
-            continue
-        t = torch.cat([getattr(d, f.name) for d in draws])
-        values[f.name] = to_device(t.to(dtype) if t.is_floating_point() else t, device)
-    return Params(**values, active=draws[0].active)
+    """The K draws as one set for K·B images, moved once (``apply``'s own move is then a no-op)."""
+    values = {f.name: torch.cat([getattr(d, f.name) for d in draws]) for f in fields(Params) if f.name != "active"}
+    return Params(**values, active=draws[0].active).to(device, dtype)
 
 
 def augment_stacked(augment: Augment, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

@@ -70,7 +70,7 @@ def measure(implementation: str, steps: int, *, classes: int = 8, ipc: int = 10,
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     seconds = time.perf_counter() - t0
     return {"implementation": implementation, "steps": steps, "peak_mb": peak / 2**20,
-            "delta_mb": (peak - before) / 2**20, "seconds": seconds, "loss": out.loss, "params": net.size}
+            "delta_mb": (peak - before) / 2**20, "seconds": seconds, "loss": float(out.loss), "params": net.size}
 
 
 def probe(implementation: str, steps: int, **settings: Any) -> dict[str, Any]:
