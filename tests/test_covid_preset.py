@@ -43,10 +43,24 @@ def test_reference_numbers_match_the_grid():
     assert sorted(ref["accuracy"]["mtt"]) == grid["ipc"]
     assert ref["accuracy"]["mtt"] == {1: 52.5, 2: 76.4, 3: 77.0, 5: 79.3, 10: 82.2, 20: 82.7}
     assert ref["accuracy"]["full"] == 88.9
-    assert ref["setting"]["classes"] == 4 and ref["setting"]["size"] == grid["datasets"][0]["size"]
-    assert ref["setting"]["model"] == {"name": "convnet", "depth": grid["eval"]["depth"],
-                                       "width": grid["eval"]["width"]}
-    assert ref["setting"]["num_experts"] == grid["methods"]["mtt"]["num_experts"]
+    paper = {s["label"]: s for s in ref["settings"]}
+    assert paper["classes"]["paper"] == 4
+    assert paper["image size (px)"]["paper"] == grid["datasets"][0]["size"]
+    assert paper["ConvNet depth"]["paper"] == grid["eval"]["depth"]
+    assert paper["ConvNet width"]["paper"] == grid["eval"]["width"]
+    assert paper["expert trajectories (MTT)"]["paper"] == grid["methods"]["mtt"]["num_experts"]
+
+
+def test_reference_settings_name_stored_fields():
+    """Every `stored` path names a field medbench really stores, so the comparison cannot go blank."""
+    ref = _load("covid19-mtt.reference.yaml")
+    stored = {"dataset": {"num_classes", "size", "channels"},  # Splits.describe()
+              "protocol": {f.name for f in dataclasses.fields(Protocol)},
+              "params": {f.name for f in dataclasses.fields(MTTParams)}}
+    for s in ref["settings"]:
+        if "stored" in s:
+            head, _, name = s["stored"].partition(".")
+            assert name in stored[head], s
 
 
 def test_preset_reads_as_a_grid_file():

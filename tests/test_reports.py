@@ -83,3 +83,51 @@ def test_report_cli_rejects_a_missing_database(tmp_path, capsys):
     assert main(["report", "--db", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "r")]) == 2
     assert "no results database" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+REFERENCE = """
+dataset: paperset
+accuracy:
+  mtt: {1: 50.0, 10: 80.0}
+  full: 90.0
+settings:
+  - {label: classes, stored: dataset.num_classes, paper: 4}
+  - {label: width, stored: protocol.width, paper: 128}
+  - {label: experts, stored: params.num_experts, method: mtt, paper: 100}
+  - {label: original size, paper: 299}
+notes: [a free-text difference]
+"""
+
+
+def test_report_puts_published_numbers_beside_ours(tmp_path, capsys):
+    db = store_with(tmp_path / "r.sqlite", [
+        record("random", "mine", 1, [0.40, 0.50]),
+        record("mtt", "mine", 1, [0.55, 0.65], params={"num_experts": 2}),
+        record("full", "mine", None, [0.85, 0.87]),
+    ])
+    ref = tmp_path / "paper.reference.yaml"
+    ref.write_text(REFERENCE)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "out"), "--reference", str(ref)]) == 0
+    text = (tmp_path / "out" / "leaderboard.md").read_text()
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): line for line in text.splitlines()
+            if line.startswith("|")}
+    # mtt at IPC 1: ours 60.0 ± 7.1 against the paper's 50.0 -> +10.0 pp over 2 networks
+    mtt1 = rows[("mtt", "1", "50.0")]
+    assert "60.0 ± 7.1" in mtt1 and "+10.0" in mtt1
+    assert "not run" in rows[("mtt", "10", "80.0")]  # published, not measured: shown, not hidden
+    assert "+-4.0" not in text and "-4.0" in rows[("full", "full", "90.0")]  # 86.0 vs 90.0
+    assert "| random" in rows[("random", "1", "—")]
+    settings = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 4 " in settings["classes"] and "same" in settings["classes"]
+    assert "| 128 " in settings["width"] and "| 8 " in settings["width"] and "same" not in settings["width"]
+    assert "| 2 " in settings["experts"]
+    assert "not stored" in settings["original size"]
+    assert "Different data" in text and "a free-text difference" in text
+    assert "Published numbers" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_report_rejects_an_unknown_reference(report_db, tmp_path, capsys):
+    assert main(["report", "--db", str(report_db), "--out", str(tmp_path / "o"), "--reference", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "covid19-mtt" in err
+    assert not (tmp_path / "o").exists()

@@ -7,7 +7,7 @@ baselines and distilled sets are only compared within one protocol.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from medbench.analysis.correlation import Correlation, correlate, correlation_fr
 from medbench.analysis.frames import describe_protocol, model_scores, protocols, short_protocol
 from medbench.errors import MedbenchError
 from medbench.reports import figures
+from medbench.reports.published import Reference, comparison_table, settings_table
 from medbench.reports.tables import Table, aggregate, dataset_table, failed_notes, frame_table, method_order, n_train
 from medbench.storage.condensed_io import locate_condensed
 from medbench.storage.store import Store
@@ -44,6 +45,7 @@ class Section:
     results: list[Correlation]
     agg: pd.DataFrame
     notes: list[str]
+    published: list[Table] = field(default_factory=list)  # with --reference: the paper's numbers beside ours
 
 
 def tidy_results(store: Store) -> pd.DataFrame:
@@ -57,7 +59,8 @@ def tidy_results(store: Store) -> pd.DataFrame:
                                        "metric"]).reset_index(drop=True)
 
 
-def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0) -> list[Section]:
+def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
+                   reference: Reference | None = None) -> list[Section]:
     values = model_scores(store, split="test").dropna(subset=["value"])
     values = values[values.metric.isin(["accuracy", "balanced_accuracy"])]
     agg = aggregate(values)
@@ -71,11 +74,15 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0) -> list[S
     for pid in order:
         caption = short_protocol(settings.get(pid, {}), pid)
         sub = agg[agg.protocol_id == pid]
-        tables = []
+        tables, published = [], []
         for dataset, size in sorted({(d, s) for d, s in zip(sub.dataset, sub["size"], strict=True)}, key=str):
             table = dataset_table(agg, pid, dataset, size, train.get((dataset, None if pd.isna(size) else int(size))))
             table.notes.append(caption)
             tables.append(table)
+            if reference is not None:
+                versus = comparison_table(sub, reference, dataset, size)
+                versus.notes.insert(1, caption)
+                published += [versus, settings_table(cells[cells.protocol_id == pid], reference, dataset)]
         mine = [c for c in results if c.protocol_id == pid]
         corr = frame_table(correlation_frame(mine), "Distilled vs random accuracy across datasets")
         corr.notes.append(caption)
@@ -84,7 +91,7 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0) -> list[S
         gains = frame_table(gain_frame(points[points.protocol_id == pid]), "Gain over random per dataset")
         gains.notes.append(caption)
         sections.append(Section(pid, describe_protocol(settings.get(pid, {}), pid), caption, tables, corr, gains,
-                                mine, sub, failed_notes(store, pid)))
+                                mine, sub, failed_notes(store, pid), published))
     return sections
 
 
@@ -116,6 +123,8 @@ def leaderboard_markdown(sections: list[Section], db: Path) -> str:
         lines += [f"## Protocol `{s.protocol_id}`", "", s.description, ""]
         for t in s.datasets:
             lines.append(_md_table(t, ACC_NOTE, "###"))
+        for t in s.published:
+            lines.append(_md_table(t, heading="###"))
         lines += [_md_table(s.correlation, CORR_NOTE, "###"), _md_table(s.gains, GAIN_NOTE, "###")]
         lines += [f"- {n}" for n in s.notes]
         lines.append("")
@@ -216,6 +225,9 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int)
                f'<div class="protocol-line">{html.escape(s.description)}</div>', "<h3>Leaderboard</h3>",
                f'<p class="note">{html.escape(ACC_NOTE)}</p>']
         out += [_html_table(t) for t in s.datasets]
+        if s.published:
+            out.append("<h3>Published numbers</h3>")
+            out += [_html_table(t) for t in s.published]
         out.append(_img(figures.accuracy_vs_ipc(s.agg, f"Test accuracy vs IPC · {s.caption}"), "accuracy vs IPC"))
         out.append(_html_table(s.correlation, CORR_NOTE, heading="h3"))
         if s.results:
@@ -243,15 +255,17 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int)
             "</body></html>")
 
 
-def write_report(db: Path | str, out: Path | str, *, per_class: int = 10, n_boot: int = 2000) -> ReportFiles:
-    """Write leaderboard.md, results.csv and index.html for every done cell of ``db`` into ``out``."""
+def write_report(db: Path | str, out: Path | str, *, per_class: int = 10, n_boot: int = 2000,
+                 reference: Reference | None = None) -> ReportFiles:
+    """Write leaderboard.md, results.csv and index.html for every done cell of ``db`` into ``out``;
+    with ``reference``, a paper's numbers and settings beside ours."""
     db, out = Path(db), Path(out)
     if not db.is_file():
         raise MedbenchError(f"{db}: no results database here (run `medbench run` first or pass --db)")
     with Store(db) as store:
         if store.cells().empty:
             raise MedbenchError(f"{db}: the database holds no results yet")
-        sections = build_sections(store, n_boot=n_boot)
+        sections = build_sections(store, n_boot=n_boot, reference=reference)
         out.mkdir(parents=True, exist_ok=True)
         files = ReportFiles(out / "leaderboard.md", out / "results.csv", out / "index.html")
         files.leaderboard.write_text(leaderboard_markdown(sections, db))

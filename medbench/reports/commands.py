@@ -21,10 +21,12 @@ def _open(db: Path) -> Store:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from medbench.reports.build import write_report
+    from medbench.reports.published import load_reference
 
     if args.images_per_class < 1:
         raise MedbenchError("--images-per-class must be at least 1")
-    files = write_report(args.db, args.out, per_class=args.images_per_class)
+    reference = load_reference(args.reference) if args.reference else None
+    files = write_report(args.db, args.out, per_class=args.images_per_class, reference=reference)
     print(f"wrote {files.leaderboard}\nwrote {files.results}\nwrote {files.html}")
     return 0
 
@@ -74,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="folder to write into, e.g. reports/NAME")
     p.add_argument("--images-per-class", type=int, default=10, help="condensed images shown per class")
+    p.add_argument("--reference", metavar="PRESET|FILE",
+                   help="put a paper's numbers and settings beside ours: a preset that ships them "
+                        "(covid19-mtt) or a *.reference.yaml file")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("correlate", help="distilled vs random accuracy across datasets, or a prediction")
