@@ -135,8 +135,9 @@ def run_crossarch(db: Path, archs: Sequence[str], *, cells: str | None = None, m
 
 def crossarch_table(store: Store, archs: Sequence[str] | None = None,
                     sources: Sequence[str] | None = None) -> pd.DataFrame:
-    """Test accuracy of each source cell's network and every other architecture, and the drop
-    (source − arch, percentage points), averaged over seeds per dataset, method and IPC.
+    """Test accuracy and balanced accuracy of each source cell's network and every other
+    architecture, and the drops (source − arch, percentage points; ``drop_pp`` for accuracy,
+    ``bal_drop_pp`` for balanced accuracy), averaged over seeds per dataset, method and IPC.
     ``archs`` / ``sources`` restrict it to those architectures / source cell ids."""
     summary = summarize(store)
     if summary.empty:
@@ -144,6 +145,7 @@ def crossarch_table(store: Store, archs: Sequence[str] | None = None,
     cells = store.cells()
     config = {r.cell_id: json.loads(r.config) for r in cells.itertuples()}
     acc = dict(zip(summary.cell_id, summary.test_accuracy, strict=True))
+    bal = dict(zip(summary.cell_id, summary.test_balanced_accuracy, strict=True))
     rows = []
     for cid, cfg in config.items():
         link = cfg.get("crossarch")
@@ -155,30 +157,39 @@ def crossarch_table(store: Store, archs: Sequence[str] | None = None,
         src = summary[summary.cell_id == link["source_cell"]].iloc[0]
         rows.append({"dataset": src.dataset, "method": src.method, "ipc": src.ipc, "seed": src.seed,
                      "source_model": link.get("source_model", "convnet"), "arch": link["model"],
-                     "source_acc": acc[link["source_cell"]], "arch_acc": acc.get(cid, np.nan)})
+                     "source_acc": acc[link["source_cell"]], "arch_acc": acc.get(cid, np.nan),
+                     "source_bal": bal[link["source_cell"]], "arch_bal": bal.get(cid, np.nan)})
     if not rows:
         return pd.DataFrame()
     long = pd.DataFrame(rows)
     keys = ["dataset", "method", "ipc", "source_model"]
     long["ipc"] = long["ipc"].astype(str)
     per_arch = long.groupby([*keys, "arch"], as_index=False).agg(
-        source_acc=("source_acc", "mean"), arch_acc=("arch_acc", "mean"), seeds=("seed", "nunique"))
+        source_acc=("source_acc", "mean"), arch_acc=("arch_acc", "mean"), source_bal=("source_bal", "mean"),
+        arch_bal=("arch_bal", "mean"), seeds=("seed", "nunique"))
     per_arch["drop_pp"] = 100 * (per_arch.source_acc - per_arch.arch_acc)
+    per_arch["bal_drop_pp"] = 100 * (per_arch.source_bal - per_arch.arch_bal)
     return per_arch.sort_values([*keys, "arch"]).reset_index(drop=True)
 
 
-def format_crossarch(table: pd.DataFrame) -> str:
-    """One row per dataset · method · IPC: the source network's accuracy, then each architecture's
-    accuracy with the drop from the source in percentage points."""
+METRIC_COLUMNS = {"accuracy": ("source_acc", "arch_acc", "drop_pp", "acc"),
+                  "balanced_accuracy": ("source_bal", "arch_bal", "bal_drop_pp", "bal acc")}
+
+
+def format_crossarch(table: pd.DataFrame, metric: str = "accuracy") -> str:
+    """One row per dataset · method · IPC: the source network's ``metric`` (accuracy or
+    balanced_accuracy), then each architecture's with the drop from the source in percentage points."""
     if table.empty:
         return "no cross-architecture results"
+    source, arch, drop, short = METRIC_COLUMNS[metric]
     keys = ["dataset", "method", "ipc", "source_model"]
     rows = []
     for key, group in table.groupby(keys, sort=False):
         row: dict[str, Any] = dict(zip(keys, key, strict=True))
-        row["source acc %"] = f"{100 * group.source_acc.iloc[0]:.1f}"
+        row[f"source {short} %"] = f"{100 * getattr(group, source).iloc[0]:.1f}"
         for r in group.itertuples():
-            row[f"{r.arch} % (drop pp)"] = "—" if pd.isna(r.arch_acc) else f"{100 * r.arch_acc:.1f} ({r.drop_pp:+.1f})"
+            value, change = getattr(r, arch), getattr(r, drop)
+            row[f"{r.arch} % (drop pp)"] = "—" if pd.isna(value) else f"{100 * value:.1f} ({change:+.1f})"
         row["seeds"] = int(group.seeds.max())
         rows.append(row)
     return tabulate(rows, headers="keys", tablefmt="github")
@@ -196,7 +207,11 @@ def cmd_crossarch(args: argparse.Namespace) -> int:
                   device=args.device, log=None if args.quiet else sys.stderr)
     with Store(args.db) as store:
         sources = [c.cell_id for c in source_cells(store, cells=args.cells, methods=args.methods or ())]
-        print(format_crossarch(crossarch_table(store, args.archs, sources)))
+        table = crossarch_table(store, args.archs, sources)
+    print("Test accuracy:\n" + format_crossarch(table))
+    if not table.empty:
+        print("\nTest balanced accuracy (mean recall over classes; chance = 1 / classes):\n"
+              + format_crossarch(table, "balanced_accuracy"))
     return 0
 
 

@@ -58,7 +58,9 @@ def test_crossarch_stores_new_cells_and_resumes(tmp_path, capsys, monkeypatch):
         table = crossarch.crossarch_table(store)
     assert set(table.arch) == {"convnet_bn", "vgg11"}
     assert table.drop_pp.to_numpy() == pytest.approx(100 * (table.source_acc - table.arch_acc).to_numpy())
+    assert table.bal_drop_pp.to_numpy() == pytest.approx(100 * (table.source_bal - table.arch_bal).to_numpy())
     assert "vgg11 % (drop pp)" in printed and "convnet_bn % (drop pp)" in printed
+    assert "source acc %" in printed and "source bal acc %" in printed
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a stored cell was evaluated again")
