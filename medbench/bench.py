@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -436,6 +436,16 @@ def _fmt_hours(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h"
 
 
+def busy_warning(load: Sequence[float] | None, cores: int | None) -> str:
+    """A loud line when other work already kept the machine's cores busy at the start: small networks
+    then slow down 10–50× (threads spin-wait for a core), which distorts times and their ratios."""
+    if not load or not cores or load[0] < cores:
+        return ""
+    return (f"**Busy machine: load average {load[0]:.1f} on {cores} cores at the start.** Other processes competed "
+            "for the CPU during these measurements; treat the times and ratios below as unreliable and rerun on an "
+            "idle machine.")
+
+
 def render(results: dict[str, Any]) -> str:
     """The Markdown report."""
     m, s = results["machine"], results["settings"]
@@ -443,6 +453,9 @@ def render(results: dict[str, Any]) -> str:
     if m["device"].startswith("cpu"):
         out += ["**CPU run.** GPU-only options (bf16 autocast, channels-last, torch.compile, cuDNN benchmark; "
                 "`EvalOptions`) are **not measured** in this report and stay off by default.", ""]
+    busy = busy_warning(results.get("load_start"), m.get("cpu_count"))
+    if busy:
+        out += [busy, ""]
     out += ["## Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in m.items()]
     out += ["", f"Command: `{results['command']}`", "",

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from medbench.bench import EIGHT, MODES, _linear, project
+from medbench.bench import EIGHT, MODES, _linear, busy_warning, project
 from medbench.cli import main
 
 TINY = ["--device", "cpu", "--quick", "--width", "4", "--depth", "2", "--classes", "3", "--size", "12",
@@ -76,3 +76,9 @@ def test_bad_bench_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--ks", "0,5"])
     assert exc.value.code == 2
+
+
+def test_a_busy_machine_is_flagged_in_the_report():
+    assert busy_warning([7.9, 7.0, 6.0], 2).startswith("**Busy machine: load average 7.9 on 2 cores")
+    assert busy_warning([0.4, 1.0, 1.0], 2) == ""
+    assert busy_warning(None, 2) == ""
