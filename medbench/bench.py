@@ -43,7 +43,7 @@ import torch
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data.splits import Split, Splits
 from medbench.errors import MedbenchError
-from medbench.evaluation.batched import choose_batching
+from medbench.evaluation.batched import EvalOptions, choose_batching
 from medbench.evaluation.protocol import model_seeds, train_models
 from medbench.models import ModelSpec
 
@@ -151,6 +151,62 @@ def bench_eval(s: Settings, device: torch.device, log: Callable[[str], None]) ->
                              "auto_picks": auto})
                 log(f"eval ipc {ipc:>2} K {k:>2} {mode:<10} {k * s.epochs / t:8.1f} net·epochs/s "
                     f"({base / t:4.2f}× sequential)")
+    return rows
+
+
+@dataclass(frozen=True)
+class OptionVariant:
+    label: str
+    options: EvalOptions
+    cuda_only: bool = False
+
+
+# Each GPU speed option alone, so its own effect shows; "cuda_graphs" is torch.compile's
+# reduce-overhead mode, which records the compiled step as CUDA graphs and replays it.
+OPTION_VARIANTS = {
+    "baseline": OptionVariant("baseline", EvalOptions()),
+    "bf16": OptionVariant("bf16 autocast", EvalOptions(amp=True)),
+    "channels_last": OptionVariant("channels-last", EvalOptions(channels_last=True)),
+    "cudnn_benchmark": OptionVariant("cuDNN benchmark", EvalOptions(cudnn_benchmark=True), cuda_only=True),
+    "compile": OptionVariant("torch.compile", EvalOptions(compile="inductor")),
+    "cuda_graphs": OptionVariant("CUDA graphs", EvalOptions(compile="inductor", compile_mode="reduce-overhead"),
+                                 cuda_only=True),
+}
+OPTION_TRAINERS = ("sequential", "grouped")
+
+
+def bench_options(s: Settings, device: torch.device, log: Callable[[str], None],
+                  variants: tuple[str, ...] = tuple(OPTION_VARIANTS)) -> list[dict[str, Any]]:
+    """Each speed option on its own against the baseline: K = max(ks) networks, sequential and
+    grouped trainers, every IPC. ``first_call_s`` is a 1-epoch call that pays compilation, which
+    every cell pays again (fresh networks); the throughput is the median of later calls."""
+    rows = []
+    sync = _syncer(device)
+    k = max(s.ks)
+    seeds = model_seeds(0, k)
+    for ipc in s.ipcs:
+        images, labels = _condensed(s, ipc, device)
+        for trainer in OPTION_TRAINERS:
+            base = None
+            for name in variants:
+                variant = OPTION_VARIANTS[name]
+                row = {"ipc": ipc, "k": k, "trainer": trainer, "variant": name}
+                if variant.cuda_only and device.type != "cuda":
+                    rows.append({**row, "skipped": "CUDA only"})
+                    continue
+
+                def run(epochs: int, options: EvalOptions = variant.options, images: torch.Tensor = images,
+                        labels: torch.Tensor = labels, trainer: str = trainer) -> None:
+                    train_models(images, labels, seeds, spec=_spec(s), channels=s.channels, num_classes=s.classes,
+                                 size=s.size, epochs=epochs, lr=0.01, batching=trainer, options=options)
+
+                first = _median_time(lambda: run(1), 1, sync)
+                t = _median_time(lambda: run(s.epochs), s.repeats, sync)
+                base = t if name == "baseline" else base
+                rows.append({**row, "seconds": t, "first_call_s": first, "net_epochs_per_s": k * s.epochs / t,
+                             "vs_baseline": base / t if base else None})
+                log(f"options ipc {ipc:>2} K {k} {trainer:<10} {variant.label:<16} {k * s.epochs / t:8.1f} "
+                    f"net·epochs/s (first call {first:.2f} s)")
     return rows
 
 
@@ -477,6 +533,8 @@ def render(results: dict[str, Any]) -> str:
                 out.append(f"| {ipc} | {seq['images_per_step']} | {k} | {' | '.join(cells)} | {auto} | "
                            f"{row[auto]['vs_sequential']:.2f}× |")
         out.append("")
+    if results.get("options"):
+        out += _render_options(results["options"], s)
     if results.get("predict"):
         out += ["## Scoring: model·images per second (K = 5)", "", "| mode | model·images/s |", "|---|---|"]
         out += [f"| {r['mode']} | {r['model_images_per_s']:,.0f} |" for r in results["predict"]]
@@ -526,6 +584,36 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _render_options(rows: list[dict[str, Any]], s: dict[str, Any]) -> list[str]:
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    labels = [OPTION_VARIANTS[n].label for n in names]
+    out = ["## Speed options, each alone: networks × epochs per second",
+           f"(K = {rows[0]['k']} networks, ConvNet width {s['width']}, {s['epochs']} epochs per call; × = relative to "
+           "the baseline of the same trainer; in brackets the first, 1-epoch call, which pays compilation again for "
+           "every cell since each cell builds fresh networks. Speed only: bf16 must also be checked for accuracy on "
+           "real data before it is turned on.)", "",
+           "| IPC | trainer | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for (ipc, trainer), group in _group(rows, ("ipc", "trainer")).items():
+        by = {r["variant"]: r for r in group}
+        cells = []
+        for n in names:
+            r = by.get(n)
+            if r is None or "skipped" in r:
+                cells.append(f"n/a ({r['skipped']})" if r else "—")
+            else:
+                ratio = f"{r['vs_baseline']:.2f}×" if r.get("vs_baseline") else "—"
+                cells.append(f"{r['net_epochs_per_s']:.1f} ({ratio}) [{r['first_call_s']:.2f} s]")
+        out.append(f"| {ipc} | {trainer} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _group(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
 def run_bench(s: Settings, out_dir: Path, command: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure everything, write ``<out_dir>/<device>-<date>[-quick].md`` and ``.json``."""
     from medbench.harness.grid import resolve_device
@@ -534,11 +622,11 @@ def run_bench(s: Settings, out_dir: Path, command: str, log: Callable[[str], Non
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results: dict[str, Any] = {"date": dt.date.today().isoformat(), "device_slug": _slug(device),
                                "command": command, "settings": dataclasses.asdict(s), "load_start": load_start}
-    sections = {"eval": bench_eval, "predict": bench_predict, "dc": bench_dc, "dm": bench_dm, "mtt": bench_mtt,
-                "experts": bench_experts}
-    only = set(s.only or sections)
-    if s.projection and only != set(sections):
-        raise MedbenchError("--projection needs every section; drop --only")
+    sections = {"eval": bench_eval, "options": bench_options, "predict": bench_predict, "dc": bench_dc,
+                "dm": bench_dm, "mtt": bench_mtt, "experts": bench_experts}
+    only = set(s.only or set(sections) - set(OPT_IN))
+    if s.projection and not set(PROJECTION_NEEDS) <= only:
+        raise MedbenchError(f"--projection needs the sections {','.join(PROJECTION_NEEDS)}")
     with _seeded():
         for name, fn in sections.items():
             if name in only:
@@ -587,7 +675,9 @@ def _pos(text: str) -> int:
     return value
 
 
-SECTIONS = ("eval", "predict", "dc", "dm", "mtt", "experts")
+SECTIONS = ("eval", "options", "predict", "dc", "dm", "mtt", "experts")
+OPT_IN = ("options",)  # run only when named in --only: many compilations on a CPU take long
+PROJECTION_NEEDS = ("eval", "predict", "dc", "mtt", "experts")
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -620,7 +710,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=_pos, help="torch CPU threads (default: torch's)")
     p.add_argument("--reproject", type=Path, metavar="JSON",
                    help="only recompute the projection of a saved report (no measurements)")
-    p.add_argument("--only", type=_sections, help=f"comma-separated sections of {','.join(SECTIONS)}")
+    p.add_argument("--only", type=_sections,
+                   help=f"comma-separated sections of {','.join(SECTIONS)} (default: all but "
+                        f"{','.join(OPT_IN)}, which compiles many times and runs only when named)")
     p.set_defaults(func=cmd_bench)
 
 

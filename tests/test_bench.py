@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from medbench.bench import EIGHT, MODES, _linear, busy_warning, project
 from medbench.cli import main
@@ -82,3 +83,22 @@ def test_a_busy_machine_is_flagged_in_the_report():
     assert busy_warning([7.9, 7.0, 6.0], 2).startswith("**Busy machine: load average 7.9 on 2 cores")
     assert busy_warning([0.4, 1.0, 1.0], 2) == ""
     assert busy_warning(None, 2) == ""
+
+
+def test_speed_options_are_measured_one_at_a_time(tmp_path):
+    """The options section runs each option alone against its trainer's baseline (here without
+    torch.compile, which needs minutes of compiling on a CPU); CUDA-only ones are marked, not faked."""
+    from medbench.bench import OPTION_TRAINERS, Settings, _render_options, bench_options
+
+    s = Settings(device="cpu", width=4, ks=(2,), ipcs=(1,), epochs=1, repeats=1, size=28, channels=1, classes=2)
+    variants = ("baseline", "bf16", "channels_last", "cudnn_benchmark", "cuda_graphs")
+    rows = bench_options(s, torch.device("cpu"), lambda _: None, variants=variants)
+    assert [(r["trainer"], r["variant"]) for r in rows] == [(t, v) for t in OPTION_TRAINERS for v in variants]
+    for r in rows:
+        if r["variant"] in ("cudnn_benchmark", "cuda_graphs"):
+            assert r == {**r, "skipped": "CUDA only"} and "seconds" not in r
+        else:
+            assert r["net_epochs_per_s"] > 0 and r["first_call_s"] > 0 and r["k"] == 2
+    assert all(r["vs_baseline"] == 1.0 for r in rows if r["variant"] == "baseline")
+    table = "\n".join(_render_options(rows, {"width": 4, "epochs": 1}))
+    assert "| 1 | grouped |" in table and "n/a (CUDA only)" in table and "bf16 autocast" in table

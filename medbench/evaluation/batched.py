@@ -83,7 +83,14 @@ class EvalOptions:
     amp: bool = False  # bf16 autocast in forward passes (the loss stays float32)
     channels_last: bool = False  # NHWC memory format for models and inputs
     compile: str | None = None  # a torch.compile backend ("inductor"), or None
+    compile_mode: str | None = None  # torch.compile mode; "reduce-overhead" also records and replays CUDA graphs
     cudnn_benchmark: bool = False  # let cuDNN pick convolution algorithms per shape
+
+    def compiled(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``fn`` through torch.compile when ``compile`` names a backend, else unchanged."""
+        if not self.compile:
+            return fn
+        return torch.compile(fn, backend=self.compile, mode=self.compile_mode)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if not self.amp:
@@ -146,11 +153,8 @@ class VmapEnsemble(Ensemble):
         def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (p, b), (x,))
 
-        self._call: Callable[..., torch.Tensor] = vmap(one)
-        self._shared: Callable[..., torch.Tensor] = vmap(one, in_dims=(0, 0, None))
-        if options.compile:
-            self._call = torch.compile(self._call, backend=options.compile)
-            self._shared = torch.compile(self._shared, backend=options.compile)
+        self._call = options.compiled(vmap(one))
+        self._shared = options.compiled(vmap(one, in_dims=(0, 0, None)))
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
@@ -216,9 +220,7 @@ class GroupedConvNet(nn.Module, Ensemble):
         if options.channels_last:
             self.to(memory_format=torch.channels_last)
         self.options = options
-        self._features: Callable[[torch.Tensor], torch.Tensor] = self.features
-        if options.compile:
-            self._features = torch.compile(self.features, backend=options.compile)
+        self._features = options.compiled(self.features)
 
     def parameters(self, recurse: bool = True) -> list[torch.Tensor]:  # type: ignore[override]
         return list(nn.Module.parameters(self, recurse))

@@ -132,7 +132,7 @@ def train_models(
             for k, (model, generator) in enumerate(zip(models, generators, strict=True)):
                 if options.channels_last:
                     model.to(memory_format=torch.channels_last)
-                net = torch.compile(model, backend=options.compile) if options.compile else model
+                net = options.compiled(model)
                 start = time.perf_counter()
                 with options.autocast(device):
                     train_network(
