@@ -178,8 +178,9 @@ OPTION_TRAINERS = ("sequential", "grouped")
 def bench_options(s: Settings, device: torch.device, log: Callable[[str], None],
                   variants: tuple[str, ...] = tuple(OPTION_VARIANTS)) -> list[dict[str, Any]]:
     """Each speed option on its own against the baseline: K = max(ks) networks, sequential and
-    grouped trainers, every IPC. ``first_call_s`` is a 1-epoch call that pays compilation, which
-    every cell pays again (fresh networks); the throughput is the median of later calls."""
+    grouped trainers, every IPC. ``first_call_s`` is the variant's first (1-epoch) call, which pays
+    compilation; later calls with the same shapes reuse it, also with fresh networks (measured:
+    their throughput shows no recompilation). The throughput is the median of later calls."""
     rows = []
     sync = _syncer(device)
     k = max(s.ks)
@@ -590,9 +591,9 @@ def _render_options(rows: list[dict[str, Any]], s: dict[str, Any]) -> list[str]:
     labels = [OPTION_VARIANTS[n].label for n in names]
     out = ["## Speed options, each alone: networks × epochs per second",
            f"(K = {rows[0]['k']} networks, ConvNet width {s['width']}, {s['epochs']} epochs per call; × = relative to "
-           "the baseline of the same trainer; in brackets the first, 1-epoch call, which pays compilation again for "
-           "every cell since each cell builds fresh networks. Speed only: bf16 must also be checked for accuracy on "
-           "real data before it is turned on.)", "",
+           "the baseline of the same trainer; in brackets the seconds of the variant's first, 1-epoch call, which pays "
+           "compilation once per process and shape. Speed only: bf16 must also be checked for accuracy on real data "
+           "before it is turned on.)", "",
            "| IPC | trainer | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for (ipc, trainer), group in _group(rows, ("ipc", "trainer")).items():
         by = {r["variant"]: r for r in group}
