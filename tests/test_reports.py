@@ -95,6 +95,7 @@ settings:
   - {label: width, stored: protocol.width, paper: 128}
   - {label: experts, stored: params.num_experts, method: mtt, paper: 100}
   - {label: original size, paper: 299}
+  - {label: images, stored: dataset.n_train+dataset.num_classes, paper: 1000}
 notes: [a free-text difference]
 """
 
@@ -122,6 +123,7 @@ def test_report_puts_published_numbers_beside_ours(tmp_path, capsys):
     assert "| 128 " in settings["width"] and "| 8 " in settings["width"] and "same" not in settings["width"]
     assert "| 2 " in settings["experts"]
     assert "not stored" in settings["original size"]
+    assert "| 1004 " in settings["images"]  # a sum of stored numbers (n_train 1000 + 4 classes)
     assert "Different data" in text and "a free-text difference" in text
     assert "Published numbers" in (tmp_path / "out" / "index.html").read_text()
 

@@ -13,7 +13,7 @@ metric: test_accuracy_percent
 accuracy:            # method -> {IPC: %}, or method -> % for a method without IPC (full)
   mtt: {1: 52.5, 10: 82.2}
   full: 88.9
-settings:            # stored: where a medbench result keeps the same setting (config JSON path)
+settings:            # stored: where a medbench result keeps the same setting (config JSON path; a+b adds)
   - {label: classes, stored: dataset.num_classes, paper: 4}
   - {label: expert trajectories, stored: params.num_experts, method: mtt, paper: 100}
   - {label: original image size (px), paper: 299}
@@ -91,9 +91,13 @@ def load_reference(spec: str | Path) -> Reference:
                      [str(n) for n in raw.get("notes") or []])
 
 
-def _stored(config: dict, dotted: str) -> Any:
+def _stored(config: dict, path: str) -> Any:
+    """The value at a dotted ``path``; ``a.b+a.c`` adds numbers (None when any part is missing)."""
+    if "+" in path:
+        parts = [_stored(config, p.strip()) for p in path.split("+")]
+        return None if any(not isinstance(v, int | float) for v in parts) else sum(parts)
     value: Any = config
-    for part in dotted.split("."):
+    for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
