@@ -146,6 +146,7 @@ def crossarch_table(store: Store, archs: Sequence[str] | None = None,
     config = {r.cell_id: json.loads(r.config) for r in cells.itertuples()}
     acc = dict(zip(summary.cell_id, summary.test_accuracy, strict=True))
     bal = dict(zip(summary.cell_id, summary.test_balanced_accuracy, strict=True))
+    failed = set(summary.cell_id[summary.status == "failed"])
     rows = []
     for cid, cfg in config.items():
         link = cfg.get("crossarch")
@@ -158,7 +159,8 @@ def crossarch_table(store: Store, archs: Sequence[str] | None = None,
         rows.append({"dataset": src.dataset, "method": src.method, "ipc": src.ipc, "seed": src.seed,
                      "source_model": link.get("source_model", "convnet"), "arch": link["model"],
                      "source_acc": acc[link["source_cell"]], "arch_acc": acc.get(cid, np.nan),
-                     "source_bal": bal[link["source_cell"]], "arch_bal": bal.get(cid, np.nan)})
+                     "source_bal": bal[link["source_cell"]], "arch_bal": bal.get(cid, np.nan),
+                     "failed": cid in failed})
     if not rows:
         return pd.DataFrame()
     long = pd.DataFrame(rows)
@@ -166,7 +168,7 @@ def crossarch_table(store: Store, archs: Sequence[str] | None = None,
     long["ipc"] = long["ipc"].astype(str)
     per_arch = long.groupby([*keys, "arch"], as_index=False).agg(
         source_acc=("source_acc", "mean"), arch_acc=("arch_acc", "mean"), source_bal=("source_bal", "mean"),
-        arch_bal=("arch_bal", "mean"), seeds=("seed", "nunique"))
+        arch_bal=("arch_bal", "mean"), seeds=("seed", "nunique"), failed=("failed", "sum"))
     per_arch["drop_pp"] = 100 * (per_arch.source_acc - per_arch.arch_acc)
     per_arch["bal_drop_pp"] = 100 * (per_arch.source_bal - per_arch.arch_bal)
     return per_arch.sort_values([*keys, "arch"]).reset_index(drop=True)
@@ -189,7 +191,8 @@ def format_crossarch(table: pd.DataFrame, metric: str = "accuracy") -> str:
         row[f"source {short} %"] = f"{100 * getattr(group, source).iloc[0]:.1f}"
         for r in group.itertuples():
             value, change = getattr(r, arch), getattr(r, drop)
-            row[f"{r.arch} % (drop pp)"] = "—" if pd.isna(value) else f"{100 * value:.1f} ({change:+.1f})"
+            shown = "failed" if r.failed and pd.isna(value) else "—"  # failed: `medbench results` has the reason
+            row[f"{r.arch} % (drop pp)"] = shown if pd.isna(value) else f"{100 * value:.1f} ({change:+.1f})"
         row["seeds"] = int(group.seeds.max())
         rows.append(row)
     return tabulate(rows, headers="keys", tablefmt="github")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _sharing_cells import random_cell
@@ -77,3 +79,17 @@ def test_crossarch_bad_input_is_one_line(tmp_path, capsys):
     assert code == 2 and "unknown model nonet" in err and len(err.strip().splitlines()) == 1
     code = main(["crossarch", "--db", str(db), "--methods", "dc", "--data-root", str(tmp_path)])
     assert code == 2 and "no done cell" in capsys.readouterr().err
+
+
+def test_a_failed_architecture_reads_failed_not_blank():
+    table = pd.DataFrame([
+        {"dataset": "d", "method": "dm", "ipc": "1", "source_model": "convnet", "arch": "alexnet",
+         "source_acc": 0.8, "arch_acc": np.nan, "source_bal": 0.7, "arch_bal": np.nan, "seeds": 1, "failed": 1,
+         "drop_pp": np.nan, "bal_drop_pp": np.nan},
+        {"dataset": "d", "method": "dm", "ipc": "1", "source_model": "convnet", "arch": "vgg11",
+         "source_acc": 0.8, "arch_acc": 0.75, "source_bal": 0.7, "arch_bal": 0.6, "seeds": 1, "failed": 0,
+         "drop_pp": 5.0, "bal_drop_pp": 10.0},
+    ])
+    text = crossarch.format_crossarch(table)
+    assert "failed" in text and "75.0 (+5.0)" in text
+    assert "60.0 (+10.0)" in crossarch.format_crossarch(table, "balanced_accuracy")

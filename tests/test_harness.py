@@ -1,5 +1,6 @@
 """Grid runs: resume, atomic cells, failed cells, reproducibility, stored provenance."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -95,6 +96,31 @@ def test_failed_cell_is_recorded_and_grid_goes_on(toy_npz, tmp_path, flaky_metho
     assert flaky_method == [1, 2, 3]  # failed cells are not retried by default
     _run(toy_npz, db, methods=["test_flaky"], ipc=[1, 2, 3], retry_failed=True)
     assert flaky_method == [1, 2, 3, 2]
+
+
+def test_an_evaluation_that_blows_up_fails_its_cell_and_keeps_the_set(toy_npz, tmp_path):
+    """Networks trained at an absurd learned lr end in NaN: the cell is stored as failed with a
+    one-line reason (not a traceback, not a score of a constant guess), the distilled set is kept,
+    and the grid goes on."""
+
+    @register_method("test_blowup")
+    def blowup(task, params):
+        """Random images with an absurd learned lr."""
+        condensed = METHODS.get("random").run(task, params)
+        return dataclasses.replace(condensed, lr=1e30)
+
+    try:
+        summary = _run(toy_npz, tmp_path / "r.sqlite", methods=["test_blowup", "random"], ipc=[1])
+    finally:
+        METHODS._items.pop("test_blowup")
+    rows = {m: r for m, r in zip(summary.method, summary.itertuples(), strict=True)}
+    assert rows["test_blowup"].status == "failed" and rows["random"].status == "done"
+    assert rows["test_blowup"].message.startswith("evaluation network 0 (seed ")
+    assert "diverged: non-finite outputs" in rows["test_blowup"].message
+    with Store(tmp_path / "r.sqlite") as store:
+        cell = store.cells()
+        kept = cell[cell.method == "test_blowup"].condensed_path.iloc[0]
+    assert load_condensed(kept).lr == 1e30
 
 
 def test_interrupt_keeps_finished_cells_only(toy_npz, tmp_path, flaky_method):

@@ -15,6 +15,7 @@ import torch
 
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data.splits import Splits
+from medbench.errors import CellFailed
 from medbench.evaluation.batched import (
     DEFAULT_OPTIONS,
     Ensemble,
@@ -216,6 +217,12 @@ def evaluate(
             probs = [predict_proba(m, split.images, prepare=prepare) for m in trained.models]
         else:  # all K networks on each prepared batch
             probs = list(trained.predict_proba(split.images, prepare=prepare))
+        for k, p in enumerate(probs):
+            if not torch.isfinite(p).all():
+                # A network that blew up (too high an lr for this architecture, say) has no
+                # meaningful score; scoring its argmax would report a constant guess as a result.
+                raise CellFailed(f"evaluation network {k} (seed {seeds[k]}) diverged: non-finite outputs "
+                                 f"({protocol.model}, lr {lr:g}, {epochs} epochs)")
         return [classification_metrics(truth, p.numpy()) for p in probs]
 
     val_scores = score("val")

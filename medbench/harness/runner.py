@@ -127,6 +127,10 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
     try:
         scores = evaluate(condensed, splits, cell.protocol, seed=cell.seed, full=not method.uses_ipc,
                           on_epoch=bar.update, batching=batching)
+    except CellFailed as exc:  # the distilled set is kept (saved beside the db): only its evaluation failed
+        record = _base_record(cell, splits, config={"condensed_info": condensed.info}, status="failed",
+                              message=str(exc), distill_seconds=distill_seconds)
+        return record, condensed if method.uses_ipc else None
     finally:
         bar.close()
     n_images = len(condensed)
