@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medbench.devices import to_device
+from medbench.errors import CellFailed
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -17,6 +18,21 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for hard (int) or soft (probability) labels."""
     return F.cross_entropy(logits, labels if labels.is_floating_point() else labels.long())
+
+
+class TrainingDiverged(CellFailed):
+    """The training loss became non-finite; ``model`` is the network's index when several train together."""
+
+    def __init__(self, epoch: int, model: int = 0) -> None:
+        super().__init__(f"network {model} diverged: non-finite training loss by epoch {epoch}")
+        self.epoch, self.model = epoch, model
+
+
+def divergence_check_due(epoch: int, epochs: int) -> bool:
+    """Whether to look at the loss after ``epoch`` (0-based): about ten times per run and at the
+    end. Each look waits for the device, so not after every step; a NaN run stops early instead
+    of training on (slowly: NaN and denormal arithmetic is slow on CPUs) to the last epoch."""
+    return (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:
@@ -44,7 +60,8 @@ def train_network(
     """SGD on (images, labels) for ``epochs``, learning rate × 0.1 at half the epochs.
 
     The schedule is the one of the DC/DSA/DM/MTT evaluation code. ``generator`` (CPU) fixes the
-    data order and augmentation draws, so one seed gives one run.
+    data order and augmentation draws, so one seed gives one run. Raises
+    :class:`TrainingDiverged` when the loss becomes non-finite (see :func:`divergence_check_due`).
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -61,6 +78,8 @@ def train_network(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        if divergence_check_due(epoch, epochs) and not bool(torch.isfinite(loss.detach())):
+            raise TrainingDiverged(epoch + 1)
         if on_epoch is not None:
             on_epoch(epoch + 1)
     return model

@@ -22,7 +22,7 @@ from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.errors import MedbenchError
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask
-from medbench.training import Augment, accuracy, train_network
+from medbench.training import Augment, TrainingDiverged, accuracy, train_network
 
 INITS = ("real", "noise")
 # Seed streams: (task.seed, stream, index) never collide across the three uses.
@@ -109,7 +109,10 @@ def val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, 
     order for every candidate, so checkpoints are compared on the set alone."""
     generator = generator_for(task.seed, _SELECTION, 0)
     model = fresh_model(task, generator)
-    train_network(model, images.detach(), labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
+    try:
+        train_network(model, images.detach(), labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
+    except TrainingDiverged:
+        return 0.0  # a set its network cannot train on is never the one to keep
     return accuracy(model, task.val.images, task.val.labels, prepare=task.normalize)
 
 

@@ -30,6 +30,7 @@ from medbench.evaluation.batched import (
 from medbench.evaluation.protocol import train_models
 from medbench.method import CondensedSet
 from medbench.models import ModelSpec
+from medbench.training import TrainingDiverged
 
 RTOL = 1e-4
 CPU = torch.device("cpu")
@@ -218,3 +219,16 @@ def test_speed_options_run_on_cpu(batching: str) -> None:
     assert probs.shape == (2, 12, 4) and torch.isfinite(probs).all()
     assert torch.allclose(probs.sum(-1), torch.ones(2, 12), atol=1e-3)
     assert not torch.backends.cudnn.benchmark  # the process-wide flag is restored
+
+
+@pytest.mark.parametrize("batching", ["sequential", "vmap", "grouped"])
+def test_divergence_stops_training_and_names_the_network(batching: str) -> None:
+    """At an absurd lr the loss goes non-finite; every trainer stops at a check (not at the last
+    epoch) and says which network, so a cell can fail with that reason."""
+    images, labels = _problem(False)
+    with pytest.raises(TrainingDiverged) as info:
+        train_models(images, labels, list(model_seeds(0, 2)),
+                     spec=ModelSpec("convnet", {"width": 8, "depth": 2}), channels=3, num_classes=4, size=16,
+                     epochs=40, lr=1e30, batch_size=12, batching=batching)
+    assert info.value.model == 0 and info.value.epoch < 40
+    assert f"network 0 diverged: non-finite training loss by epoch {info.value.epoch}" == str(info.value)

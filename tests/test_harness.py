@@ -116,7 +116,7 @@ def test_an_evaluation_that_blows_up_fails_its_cell_and_keeps_the_set(toy_npz, t
     rows = {m: r for m, r in zip(summary.method, summary.itertuples(), strict=True)}
     assert rows["test_blowup"].status == "failed" and rows["random"].status == "done"
     assert rows["test_blowup"].message.startswith("evaluation network 0 (seed ")
-    assert "diverged: non-finite outputs" in rows["test_blowup"].message
+    assert "diverged: non-finite training loss by epoch" in rows["test_blowup"].message
     with Store(tmp_path / "r.sqlite") as store:
         cell = store.cells()
         kept = cell[cell.method == "test_blowup"].condensed_path.iloc[0]

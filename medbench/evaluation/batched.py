@@ -40,7 +40,7 @@ from medbench.devices import to_device
 from medbench.errors import MedbenchError
 from medbench.models import ModelSpec
 from medbench.models.convnet import ConvNet
-from medbench.training import Augment, apply_schedule
+from medbench.training import Augment, TrainingDiverged, apply_schedule, divergence_check_due
 
 BATCHINGS = ("auto", "sequential", "vmap", "grouped")
 
@@ -342,10 +342,14 @@ def train_stacked(
                 x = augment_stacked(augment, x, generators)
             with autocast:
                 logits = ensemble.forward(x)
-            loss = per_model_loss(logits.float(), labels[batch]).sum()
+            losses = per_model_loss(logits.float(), labels[batch])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             optimizer.step()
+        if divergence_check_due(epoch, epochs):
+            bad = ~torch.isfinite(losses.detach())
+            if bool(bad.any()):
+                raise TrainingDiverged(epoch + 1, model=int(bad.nonzero()[0, 0]))
         if on_epoch is not None:
             on_epoch(epoch + 1)
     return ensemble

@@ -29,7 +29,7 @@ from medbench.evaluation.metrics import classification_metrics
 from medbench.hparams import check
 from medbench.method import CondensedSet
 from medbench.models import ModelSpec
-from medbench.training import Augment, predict_proba, train_network
+from medbench.training import Augment, TrainingDiverged, predict_proba, train_network
 from medbench.whitening import ZCA
 
 
@@ -136,11 +136,14 @@ def train_models(
                 net = options.compiled(model)
                 start = time.perf_counter()
                 with options.autocast(device):
-                    train_network(
-                        net, images, labels, epochs=epochs, lr=lr, generator=generator, momentum=momentum,
-                        weight_decay=weight_decay, batch_size=batch_size, augment=augment,
-                        on_epoch=(lambda e, k=k: on_epoch(k * epochs + e, total)) if on_epoch else None,
-                    )
+                    try:
+                        train_network(
+                            net, images, labels, epochs=epochs, lr=lr, generator=generator, momentum=momentum,
+                            weight_decay=weight_decay, batch_size=batch_size, augment=augment,
+                            on_epoch=(lambda e, k=k: on_epoch(k * epochs + e, total)) if on_epoch else None,
+                        )
+                    except TrainingDiverged as exc:
+                        raise TrainingDiverged(exc.epoch, model=k) from None
                 seconds.append(time.perf_counter() - start)
             return TrainedModels(mode, models, None, seconds, options)
         start = time.perf_counter()
@@ -197,13 +200,17 @@ def evaluate(
     lr = condensed.lr if (protocol.use_learned_lr and condensed.lr) else protocol.lr
     epochs = protocol.full_epochs if full else protocol.epochs
     seeds = model_seeds(seed, protocol.eval_models)
-    trained = train_models(
-        images, labels, seeds, spec=protocol.model_spec(), channels=splits.channels,
-        num_classes=splits.num_classes, size=splits.size, epochs=epochs, lr=lr, momentum=protocol.momentum,
-        weight_decay=protocol.weight_decay, batch_size=protocol.batch_size,
-        augment=EVAL_AUGMENTS[protocol.augment](splits.channels), batching=batching,
-        options=options or DEFAULT_OPTIONS, on_epoch=on_epoch,
-    )
+    try:
+        trained = train_models(
+            images, labels, seeds, spec=protocol.model_spec(), channels=splits.channels,
+            num_classes=splits.num_classes, size=splits.size, epochs=epochs, lr=lr, momentum=protocol.momentum,
+            weight_decay=protocol.weight_decay, batch_size=protocol.batch_size,
+            augment=EVAL_AUGMENTS[protocol.augment](splits.channels), batching=batching,
+            options=options or DEFAULT_OPTIONS, on_epoch=on_epoch,
+        )
+    except TrainingDiverged as exc:
+        raise CellFailed(f"evaluation network {exc.model} (seed {seeds[exc.model]}) diverged: non-finite training "
+                         f"loss by epoch {exc.epoch} ({protocol.model}, lr {lr:g})") from None
 
     # A set distilled in ZCA-whitened space (MTT with zca) carries its transform: real images
     # must be scored in that same space.
