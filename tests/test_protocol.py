@@ -6,7 +6,9 @@ from medbench.data import load_dataset
 from medbench.data.splits import Split
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol, classification_metrics, evaluate, model_seeds
+from medbench.evaluation.protocol import train_models
 from medbench.method import CondensedSet
+from medbench.models import ModelSpec
 
 SMALL = Protocol(width=8, epochs=30, eval_models=3, batch_size=16, lr=0.05)
 
@@ -120,3 +122,19 @@ def test_zca_sets_are_scored_in_their_whitened_space(toy_npz, monkeypatch):
     evaluate(condensed, splits, Protocol(width=4, epochs=1, eval_models=1), seed=0)
     expected = 2 * (splits.normalize(splits.val.images[:2]) - 0.5)
     assert torch.allclose(seen[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("batching", ["sequential", "vmap"])
+def test_dropout_networks_do_not_depend_on_what_ran_before(batching):
+    """AlexNet's dropout draws from torch's global RNG; each network seeds it, so a cell's numbers
+    are the same whether or not anything else used the RNG first (a grid, a crossarch run...)."""
+    images, labels = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])
+
+    def probabilities():
+        trained = train_models(images, labels, model_seeds(0, 2), spec=ModelSpec("alexnet", {"hidden": 32}),
+                               channels=1, num_classes=2, size=28, epochs=3, lr=0.01, batching=batching)
+        return trained.predict_proba(images)
+
+    first = probabilities()
+    torch.rand(1000)  # someone else's draws
+    assert torch.equal(first, probabilities())

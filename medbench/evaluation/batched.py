@@ -153,8 +153,10 @@ class VmapEnsemble(Ensemble):
         def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (p, b), (x,))
 
-        self._call = options.compiled(vmap(one))
-        self._shared = options.compiled(vmap(one, in_dims=(0, 0, None)))
+        # randomness="different": dropout (AlexNet) draws its own mask for every model, as K
+        # separate networks would; without it vmap refuses random ops.
+        self._call = options.compiled(vmap(one, randomness="different"))
+        self._shared = options.compiled(vmap(one, in_dims=(0, 0, None), randomness="different"))
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())

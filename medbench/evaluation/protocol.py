@@ -6,8 +6,9 @@ and only then on test: nothing is ever chosen after the test split has been look
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +92,19 @@ def model_seeds(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence([seed, 0x5EED]).generate_state(count)]
 
 
+def _training_seed(model_seed: int) -> int:
+    """The global-RNG seed while a network trains: its own stream, not a replay of its initialisation's."""
+    return int(np.random.SeedSequence([model_seed, 0xD20]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def _global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """torch's global RNG seeded for the block and restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def train_models(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -121,8 +135,7 @@ def train_models(
                            images_per_step=min(images.shape[0], batch_size))
     models = []
     for model_seed in seeds:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(model_seed)
+        with _global_rng(device, model_seed):
             models.append(spec.build(channels, num_classes, size).to(device))
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     total = epochs * len(seeds)
@@ -135,7 +148,9 @@ def train_models(
                     model.to(memory_format=torch.channels_last)
                 net = options.compiled(model)
                 start = time.perf_counter()
-                with options.autocast(device):
+                # Dropout (AlexNet) draws from the global RNG: seeded per network, so a result does not
+                # depend on what ran earlier in the process.
+                with options.autocast(device), _global_rng(device, _training_seed(seeds[k])):
                     try:
                         train_network(
                             net, images, labels, epochs=epochs, lr=lr, generator=generator, momentum=momentum,
@@ -148,11 +163,12 @@ def train_models(
             return TrainedModels(mode, models, None, seconds, options)
         start = time.perf_counter()
         ensemble = build_ensemble(mode, models, options)
-        train_stacked(
-            ensemble, images, labels, epochs=epochs, lr=lr, generators=generators, momentum=momentum,
-            weight_decay=weight_decay, batch_size=batch_size, augment=augment, options=options,
-            on_epoch=(lambda e: on_epoch(e * len(seeds), total)) if on_epoch else None,
-        )
+        with _global_rng(device, _training_seed(seeds[0])):
+            train_stacked(
+                ensemble, images, labels, epochs=epochs, lr=lr, generators=generators, momentum=momentum,
+                weight_decay=weight_decay, batch_size=batch_size, augment=augment, options=options,
+                on_epoch=(lambda e: on_epoch(e * len(seeds), total)) if on_epoch else None,
+            )
         # One computation: each model is charged an equal share of the wall-clock time.
         share = (time.perf_counter() - start) / len(seeds)
         return TrainedModels(mode, models, ensemble, [share] * len(seeds), options)
