@@ -133,3 +133,14 @@ def test_report_rejects_an_unknown_reference(report_db, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "covid19-mtt" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_leaderboard_says_what_a_majority_guess_scores(tmp_path):
+    cell = record("random", "skewed", 1, [0.60, 0.62])
+    cell.config["dataset"]["class_counts"] = {"train": [90, 10], "val": [9, 1], "test": [70, 30]}
+    db = store_with(tmp_path / "r.sqlite", [cell, record("random", "old", 1, [0.5, 0.5])])
+    files = write_report(db, tmp_path / "out")
+    text = files.leaderboard.read_text()
+    assert "Always predicting the majority class scores 70.0 % accuracy on this test set (2 classes, " \
+           "balanced accuracy 50.0 %)." in text
+    assert text.count("Always predicting") == 1  # cells stored without class counts get no such line

@@ -90,6 +90,9 @@ class Splits(TrainGeometry):
             "std": list(self.std),
             "license": self.license,
             "class_names": list(self.class_names),
+            # per split: what a constant majority-class guess would score is read from here
+            "class_counts": {name: getattr(self, name).class_counts(self.num_classes)
+                             for name in ("train", "val", "test")},
             **self.meta,
         }
 

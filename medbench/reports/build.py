@@ -18,7 +18,16 @@ from medbench.analysis.frames import describe_protocol, model_scores, protocols,
 from medbench.errors import MedbenchError
 from medbench.reports import figures
 from medbench.reports.published import Reference, comparison_table, settings_table
-from medbench.reports.tables import Table, aggregate, dataset_table, failed_notes, frame_table, method_order, n_train
+from medbench.reports.tables import (
+    Table,
+    aggregate,
+    dataset_table,
+    failed_notes,
+    frame_table,
+    majority_notes,
+    method_order,
+    n_train,
+)
 from medbench.storage.condensed_io import locate_condensed
 from medbench.storage.store import Store
 
@@ -68,6 +77,7 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
     results = correlate(points, n_boot=n_boot, seed=seed)
     settings = protocols(store)
     train = n_train(store)
+    majority = majority_notes(store)
     cells = store.cells()
     order = list(dict.fromkeys(cells.sort_values("created_at").protocol_id))
     sections = []
@@ -76,8 +86,11 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
         sub = agg[agg.protocol_id == pid]
         tables, published = [], []
         for dataset, size in sorted({(d, s) for d, s in zip(sub.dataset, sub["size"], strict=True)}, key=str):
-            table = dataset_table(agg, pid, dataset, size, train.get((dataset, None if pd.isna(size) else int(size))))
+            key = (dataset, None if pd.isna(size) else int(size))
+            table = dataset_table(agg, pid, dataset, size, train.get(key))
             table.notes.append(caption)
+            if key in majority:
+                table.notes.append(majority[key])
             tables.append(table)
             if reference is not None:
                 versus = comparison_table(sub, reference, dataset, size)
