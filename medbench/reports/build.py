@@ -21,6 +21,7 @@ from medbench.reports.published import Reference, comparison_table, settings_tab
 from medbench.reports.tables import (
     Table,
     aggregate,
+    dataset_facts,
     dataset_table,
     failed_notes,
     frame_table,
@@ -76,8 +77,8 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
     points = paired_points(values[values.metric == "accuracy"])
     results = correlate(points, n_boot=n_boot, seed=seed)
     settings = protocols(store)
-    train = n_train(store)
-    majority = majority_notes(store)
+    facts = dataset_facts(store)
+    train, majority = n_train(facts), majority_notes(facts)
     cells = store.cells()
     order = list(dict.fromkeys(cells.sort_values("created_at").protocol_id))
     sections = []

@@ -73,25 +73,27 @@ def aggregate(values: pd.DataFrame) -> pd.DataFrame:
     return out.merge(extra, on=keys)
 
 
-def _dataset_facts(store: Store) -> dict[tuple[str, object], dict]:
-    """(dataset, size) -> the dataset facts stored with its cells (the latest cell's)."""
-    out = {}
+def dataset_facts(store: Store) -> dict[tuple[str, object], dict]:
+    """(dataset, size) -> the dataset facts stored with its cells, merged over cells (older cells
+    lack facts that later versions store, such as class counts)."""
+    out: dict[tuple[str, object], dict] = {}
     for _, c in store.cells().iterrows():
-        out[(c.dataset, None if pd.isna(c["size"]) else int(c["size"]))] = json.loads(c.config).get("dataset") or {}
+        key = (c.dataset, None if pd.isna(c["size"]) else int(c["size"]))
+        out.setdefault(key, {}).update(json.loads(c.config).get("dataset") or {})
     return out
 
 
-def n_train(store: Store) -> dict[tuple[str, object], int]:
-    """(dataset, size) -> training images, from the stored dataset facts."""
-    return {key: int(facts["n_train"]) for key, facts in _dataset_facts(store).items() if "n_train" in facts}
+def n_train(facts: dict[tuple[str, object], dict]) -> dict[tuple[str, object], int]:
+    """(dataset, size) -> training images, from :func:`dataset_facts`."""
+    return {key: int(f["n_train"]) for key, f in facts.items() if "n_train" in f}
 
 
-def majority_notes(store: Store) -> dict[tuple[str, object], str]:
+def majority_notes(facts: dict[tuple[str, object], dict]) -> dict[tuple[str, object], str]:
     """(dataset, size) -> what a constant guess of the test split's majority class scores, so an
     accuracy below it is seen for what it is (cells stored before class counts were kept: none)."""
     out = {}
-    for key, facts in _dataset_facts(store).items():
-        counts = (facts.get("class_counts") or {}).get("test")
+    for key, f in facts.items():
+        counts = (f.get("class_counts") or {}).get("test")
         if counts and sum(counts):
             share = max(counts) / sum(counts)
             out[key] = (f"Always predicting the majority class scores {100 * share:.1f} % accuracy on this test "
