@@ -107,3 +107,16 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     probs = predict_proba(model, images, prepare=prepare)
     return float((probs.argmax(1) == labels.cpu()).float().mean())
+
+
+def candidate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
+                       val_labels: torch.Tensor, *, epochs: int, lr: float, generator: torch.Generator,
+                       augment: Augment | None = None,
+                       prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Val accuracy of ``model`` trained on a candidate set (checkpoint selection in the methods);
+    0 when its training diverged, so a set its network cannot train on is never the one kept."""
+    try:
+        train_network(model, images, labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
+    except TrainingDiverged:
+        return 0.0
+    return accuracy(model, val_images, val_labels, prepare=prepare)

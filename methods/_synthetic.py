@@ -22,7 +22,7 @@ from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.errors import MedbenchError
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask
-from medbench.training import Augment, TrainingDiverged, accuracy, train_network
+from medbench.training import Augment, candidate_accuracy
 
 INITS = ("real", "noise")
 # Seed streams: (task.seed, stream, index) never collide across the three uses.
@@ -108,12 +108,8 @@ def val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, 
     """Val accuracy of a network trained on the candidate set. The same initialisation and data
     order for every candidate, so checkpoints are compared on the set alone."""
     generator = generator_for(task.seed, _SELECTION, 0)
-    model = fresh_model(task, generator)
-    try:
-        train_network(model, images.detach(), labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
-    except TrainingDiverged:
-        return 0.0  # a set its network cannot train on is never the one to keep
-    return accuracy(model, task.val.images, task.val.labels, prepare=task.normalize)
+    return candidate_accuracy(fresh_model(task, generator), images.detach(), labels, task.val.images, task.val.labels,
+                              epochs=epochs, lr=lr, generator=generator, augment=augment, prepare=task.normalize)
 
 
 # step(images, optimizer, generator) runs one iteration's image updates and returns its matching

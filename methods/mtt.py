@@ -67,7 +67,7 @@ from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
 from medbench.models import ModelSpec
 from medbench.storage.files import atomic_write_bytes
-from medbench.training import TrainingDiverged, accuracy, loss_fn, train_network
+from medbench.training import candidate_accuracy, loss_fn
 from medbench.whitening import ZCA
 
 STATE_FILE = "mtt_state.safetensors"
@@ -356,17 +356,14 @@ def _val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor,
     as the reference's evaluation, DSA when the method uses it."""
     seed = derived_seed(task.seed, iteration, 0x7A1)
     model = build_seeded(task.model, task.channels, task.num_classes, task.size, seed, task.device)
-    try:
-        train_network(model, images.detach(), labels, epochs=params.eval_epochs, lr=lr,
-                      generator=torch.Generator().manual_seed(seed), augment=augment)
-    except TrainingDiverged:
-        return 0.0  # a checkpoint its network cannot train on (at the learned lr) is never the one to keep
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
         x = task.normalize(x)
         return zca(x) if zca is not None else x
 
-    return accuracy(model, task.val.images, task.val.labels, prepare=prepare)
+    return candidate_accuracy(model, images.detach(), labels, task.val.images, task.val.labels,
+                              epochs=params.eval_epochs, lr=lr, generator=torch.Generator().manual_seed(seed),
+                              augment=augment, prepare=prepare)
 
 
 def _divergence(loss: torch.Tensor, lr: torch.Tensor) -> str:
