@@ -85,9 +85,11 @@ def _record(cell: StoredCell, arch: str, cell_id: str, protocol_id: str, protoco
 
 
 def run_crossarch(db: Path, archs: Sequence[str], *, cells: str | None = None, methods: Sequence[str] = (),
-                  data_root: Path = DEFAULT_DATA_ROOT, device: str = "auto", log: Any = None) -> list[str]:
+                  data_root: Path = DEFAULT_DATA_ROOT, device: str = "auto", retry_failed: bool = False,
+                  log: Any = None) -> list[str]:
     """Evaluate every selected cell with every architecture; returns the ids of all target cells
-    (new and already stored)."""
+    (new and already stored). Stored results are kept; failed ones are tried again only with
+    ``retry_failed``, as in ``medbench run``."""
     unknown = [a for a in archs if a not in MODELS]
     if unknown:
         raise MedbenchError(f"unknown model {', '.join(unknown)}; available: {', '.join(MODELS.names())}")
@@ -106,7 +108,8 @@ def run_crossarch(db: Path, archs: Sequence[str], *, cells: str | None = None, m
                     continue  # the source cell is this architecture's result
                 cell_id, protocol_id, protocol = target(cell, arch)
                 targets.append(cell_id)
-                if store.status(cell_id) == "done":
+                status = store.status(cell_id)
+                if status == "done" or (status == "failed" and not retry_failed):
                     continue
                 key = (cell.config.get("dataset_ref"), cell.row["size"])
                 if key not in splits_cache:
@@ -207,7 +210,7 @@ def _list(text: str) -> tuple[str, ...]:
 
 def cmd_crossarch(args: argparse.Namespace) -> int:
     run_crossarch(args.db, args.archs, cells=args.cells, methods=args.methods or (), data_root=args.data_root,
-                  device=args.device, log=None if args.quiet else sys.stderr)
+                  device=args.device, retry_failed=args.retry_failed, log=None if args.quiet else sys.stderr)
     with Store(args.db) as store:
         sources = [c.cell_id for c in source_cells(store, cells=args.cells, methods=args.methods or ())]
         table = crossarch_table(store, args.archs, sources)
@@ -229,5 +232,6 @@ def register(subparsers: Any) -> None:
     which.add_argument("--methods", type=_list, help="only cells of these methods")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="MedMNIST root folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--retry-failed", action="store_true", help="evaluate failed (diverged) results again")
     p.add_argument("--quiet", action="store_true", help="no line per evaluated cell")
     p.set_defaults(func=cmd_crossarch)

@@ -93,3 +93,24 @@ def test_a_failed_architecture_reads_failed_not_blank():
     text = crossarch.format_crossarch(table)
     assert "failed" in text and "75.0 (+5.0)" in text
     assert "60.0 (+10.0)" in crossarch.format_crossarch(table, "balanced_accuracy")
+
+
+def test_failed_results_are_kept_unless_retried(tmp_path, monkeypatch):
+    """As in `medbench run`: a failed (diverged) evaluation is a stored result, not a gap to fill."""
+    from medbench.errors import CellFailed
+
+    db, _, _ = random_cell(tmp_path)
+    calls = []
+
+    def diverge(*args, **kwargs):
+        calls.append(1)
+        raise CellFailed("evaluation network 0 diverged")
+
+    monkeypatch.setattr(crossarch, "evaluate", diverge)
+    [target] = crossarch.run_crossarch(db, ["convnet_bn"], data_root=tmp_path, device="cpu")
+    with Store(db) as store:
+        assert store.status(target) == "failed"
+    crossarch.run_crossarch(db, ["convnet_bn"], data_root=tmp_path, device="cpu")
+    assert len(calls) == 1
+    crossarch.run_crossarch(db, ["convnet_bn"], data_root=tmp_path, device="cpu", retry_failed=True)
+    assert len(calls) == 2
