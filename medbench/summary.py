@@ -22,12 +22,7 @@ def summarize(store: Store, cell_ids: list[str] | None = None) -> pd.DataFrame:
     scores = store.scores(cell_ids)
     if cells.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    wide = scores.pivot_table(index=["cell_id", "model_index"], columns=["split", "metric"], values="value",
-                              dropna=False)
-    wide.columns = [f"{split}_{metric}" for split, metric in wide.columns]
-    per_model = wide.reset_index().merge(
-        scores.drop_duplicates(["cell_id", "model_index"])[["cell_id", "model_index", "lr", "epochs"]],
-        on=["cell_id", "model_index"])
+    per_model = _per_model(scores)
     grouped = per_model.groupby("cell_id")
     stats = pd.DataFrame({"models": grouped.size(), "eval_lr": grouped.lr.first(), "epochs": grouped.epochs.first(),
                           "val_accuracy": grouped["val_accuracy"].mean()})
@@ -39,6 +34,21 @@ def summarize(store: Store, cell_ids: list[str] | None = None) -> pd.DataFrame:
     out["ipc"] = out["ipc"].map(lambda v: "full" if pd.isna(v) else int(v)).astype(object)
     out["models"] = out["models"].fillna(0).astype(int)
     return out.reindex(columns=SUMMARY_COLUMNS).reset_index(drop=True)
+
+
+def _per_model(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, eval model) with a column per split metric; every summary column present
+    even when no cell has scores (a grid whose cells all failed)."""
+    needed = ["cell_id", "model_index", "lr", "epochs", "val_accuracy", *[f"test_{m}" for m in METRICS]]
+    if scores.empty:
+        return pd.DataFrame(columns=needed)
+    wide = scores.pivot_table(index=["cell_id", "model_index"], columns=["split", "metric"], values="value",
+                              dropna=False)
+    wide.columns = [f"{split}_{metric}" for split, metric in wide.columns]
+    per_model = wide.reset_index().merge(
+        scores.drop_duplicates(["cell_id", "model_index"])[["cell_id", "model_index", "lr", "epochs"]],
+        on=["cell_id", "model_index"])
+    return per_model.reindex(columns=list(dict.fromkeys([*per_model.columns, *needed])))
 
 
 def _pm(mean: float, std: float) -> str:

@@ -17,6 +17,7 @@ from medbench.errors import CellFailed, MedbenchError
 from medbench.method import METHODS, register_method
 from medbench.storage.condensed_io import load_condensed
 from medbench.storage.store import Store
+from medbench.summary import format_summary
 
 
 def _run(toy_npz, db, **kw):
@@ -96,6 +97,14 @@ def test_failed_cell_is_recorded_and_grid_goes_on(toy_npz, tmp_path, flaky_metho
     assert flaky_method == [1, 2, 3]  # failed cells are not retried by default
     _run(toy_npz, db, methods=["test_flaky"], ipc=[1, 2, 3], retry_failed=True)
     assert flaky_method == [1, 2, 3, 2]
+
+
+def test_a_grid_whose_every_cell_failed_still_prints_its_table(toy_npz, tmp_path, flaky_method):
+    """No cell has scores: the summary (once a KeyError traceback) lists the failure."""
+    summary = _run(toy_npz, tmp_path / "r.sqlite", methods=["test_flaky"], ipc=[2])
+    assert list(summary.status) == ["failed"] and list(summary.models) == [0]
+    assert summary.val_accuracy.isna().all()
+    assert "failed: test_flaky · " in format_summary(summary)
 
 
 def test_an_evaluation_that_blows_up_fails_its_cell_and_keeps_the_set(toy_npz, tmp_path):
