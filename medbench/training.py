@@ -56,12 +56,15 @@ def train_network(
     batch_size: int = 256,
     augment: Augment | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    amp: bool = False,
 ) -> nn.Module:
     """SGD on (images, labels) for ``epochs``, learning rate × 0.1 at half the epochs.
 
     The schedule is the one of the DC/DSA/DM/MTT evaluation code. ``generator`` (CPU) fixes the
     data order and augmentation draws, so one seed gives one run. Raises
     :class:`TrainingDiverged` when the loss becomes non-finite (see :func:`divergence_check_due`).
+    ``amp``: bf16 autocast around each forward pass only. Not around the loop: autocast keeps its
+    bf16 copies of the weights for its whole region, so every step would run the initial weights.
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -74,7 +77,9 @@ def train_network(
             x = images[batch]
             if augment is not None:
                 x = augment(x, generator)
-            loss = loss_fn(model(x), labels[batch])
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

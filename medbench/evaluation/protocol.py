@@ -150,11 +150,11 @@ def train_models(
                 start = time.perf_counter()
                 # Dropout (AlexNet) draws from the global RNG: seeded per network, so a result does not
                 # depend on what ran earlier in the process.
-                with options.autocast(device), _global_rng(device, _training_seed(seeds[k])):
+                with _global_rng(device, _training_seed(seeds[k])):
                     try:
                         train_network(
                             net, images, labels, epochs=epochs, lr=lr, generator=generator, momentum=momentum,
-                            weight_decay=weight_decay, batch_size=batch_size, augment=augment,
+                            weight_decay=weight_decay, batch_size=batch_size, augment=augment, amp=options.amp,
                             on_epoch=(lambda e, k=k: on_epoch(k * epochs + e, total)) if on_epoch else None,
                         )
                     except TrainingDiverged as exc:
@@ -236,10 +236,7 @@ def evaluate(
     def score(split_name: str) -> list[dict[str, float]]:
         split = getattr(splits, split_name)
         truth = split.labels.cpu().numpy()
-        if trained.ensemble is None:  # one network at a time, as before
-            probs = [predict_proba(m, split.images, prepare=prepare) for m in trained.models]
-        else:  # all K networks on each prepared batch
-            probs = list(trained.predict_proba(split.images, prepare=prepare))
+        probs = list(trained.predict_proba(split.images, prepare=prepare))
         for k, p in enumerate(probs):
             if not torch.isfinite(p).all():
                 # A network that blew up (too high an lr for this architecture, say) has no
