@@ -5,7 +5,8 @@ Random draws stay on the CPU generator so a seed gives the same run on every dev
 then has to reach the GPU. A plain ``.to("cuda")`` of pageable memory synchronises the stream,
 i.e. waits for every queued kernel, which in the inner loops (once per SGD step) empties the
 GPU's queue. A pinned copy (cached by torch's host allocator) with ``non_blocking`` is queued
-instead. Not yet measured on a GPU in this project; on the CPU it is the identity.
+instead. Runs on an H200 (``reports/bench``), where its own effect was not measured apart;
+on the CPU it is the identity.
 """
 
 from __future__ import annotations

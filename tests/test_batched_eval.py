@@ -22,6 +22,7 @@ from medbench.evaluation import Protocol, evaluate, model_seeds
 from medbench.evaluation.batched import (
     SMALL_STEP_IMAGES,
     EvalOptions,
+    MeanPool2x2,
     augment_stacked,
     build_ensemble,
     choose_batching,
@@ -195,6 +196,20 @@ def test_auto_rule() -> None:
         choose_batching("grouped", device=CPU, model=resnet, models=5, images_per_step=8)
     with pytest.raises(MedbenchError, match="unknown eval batching"):
         choose_batching("parallel", device=CPU, model=convnet, models=5, images_per_step=8)
+
+
+@pytest.mark.parametrize("side", [8, 7])  # 7: AvgPool2d floors, dropping the last row and column
+def test_mean_pool_is_avg_pool(side: int) -> None:
+    """The grouped trainer's pooling (faster backward on CUDA) gives AvgPool2d's outputs and gradients."""
+    x = torch.randn(3, 5, side, side, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    w = torch.randn(3, 5, side // 2, side // 2)
+    ref, = torch.autograd.grad((torch.nn.AvgPool2d(2)(x) * w).sum(), x)
+    out = MeanPool2x2()(x)
+    got, = torch.autograd.grad((out * w).sum(), x)
+    assert torch.allclose(out, torch.nn.AvgPool2d(2)(x), atol=1e-6) and torch.allclose(got, ref, atol=1e-6)
+    assert MeanPool2x2.replaces(torch.nn.AvgPool2d(2))
+    assert not MeanPool2x2.replaces(torch.nn.AvgPool2d(3)) and not MeanPool2x2.replaces(torch.nn.AvgPool2d(2, 1))
+    assert not MeanPool2x2.replaces(torch.nn.AvgPool2d(2, ceil_mode=True))
 
 
 def test_grouped_refuses_other_models() -> None:

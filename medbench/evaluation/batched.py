@@ -48,6 +48,7 @@ BATCHINGS = ("auto", "sequential", "vmap", "grouped")
 # network ≈ 290 steps/s, launch-bound). Speed-up over sequential at 8 / 80 / 256 images per
 # step: vmap 5.4× / 2.5× / 0.8×, grouped 7.8× / 3.3× / 1.1×. Grouped wins clearly up to ~100
 # images per step and is a wash at 256, where the GPU is no longer idle between launches.
+# An H200 here agreed at 8 and 80 images per step (reports/bench); 256 was not re-measured.
 SMALL_STEP_IMAGES = 128
 
 
@@ -59,7 +60,8 @@ def choose_batching(requested: str, *, device: torch.device, model: ModelSpec, m
       * CPU → ``sequential``. On a 2-core CPU vmap ran at 0.3–0.4× and grouped at 0.6× of one
         network at a time: a CPU is not launch-bound and batched convolutions only add work.
       * CUDA, K ≥ 2, a ConvNet and ≤ ``SMALL_STEP_IMAGES`` images per SGD step → ``grouped``
-        (7.8× at 8 images per step, 3.3× at 80 on an H100).
+        (K = 10 on an H200, ``reports/bench``: 5.5–6.5× at 8 images per step, 2.7–3.3× at 80;
+        ~2.5–3× at K = 5; 0.8× at K = 1, hence K ≥ 2).
       * otherwise → ``sequential`` (≥ 256 images per step, e.g. the full training set, is
         compute-bound: 0.8–1.1×; other architectures are not measured).
     """
@@ -76,9 +78,12 @@ def choose_batching(requested: str, *, device: torch.device, model: ModelSpec, m
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """GPU speed options for evaluation training. All off by default: none was measured on a GPU
-    in this project yet (see ``reports/bench``), and each can change rounding (bf16) or add
-    start-up cost (compile). They run on the CPU too, which is how the tests exercise them."""
+    """GPU speed options for evaluation training. All off by default, as measured on an H200
+    (``reports/bench/gpu-2026-11-23.md``, ConvNet width 128, K = 10): bf16 autocast, channels-last
+    and cuDNN benchmark never paid (0.6–1.07×); torch.compile and CUDA graphs (compile's
+    reduce-overhead mode) paid 1.6–1.7× on the grouped trainer at 80 images per step, but only
+    after a 3–9 s compilation per process and shape, which one grid cell's evaluation (1–7 s on
+    that GPU) does not earn back. They run on the CPU too, which is how the tests exercise them."""
 
     amp: bool = False  # bf16 autocast in forward passes (the loss stays float32)
     channels_last: bool = False  # NHWC memory format for models and inputs
@@ -207,6 +212,8 @@ class GroupedConvNet(nn.Module, Ensemble):
                 layers.append(_cat_into(bn, parts, ("weight", "bias", "running_mean", "running_var")))
                 if first.num_batches_tracked is not None and bn.num_batches_tracked is not None:
                     bn.num_batches_tracked.copy_(first.num_batches_tracked)
+            elif isinstance(first, nn.AvgPool2d) and MeanPool2x2.replaces(first):
+                layers.append(MeanPool2x2())
             elif isinstance(first, nn.ReLU | nn.AvgPool2d | nn.MaxPool2d | nn.Identity):
                 layers.append(copy.deepcopy(first))
             elif isinstance(first, nn.Flatten):
@@ -253,6 +260,23 @@ class GroupedConvNet(nn.Module, Ensemble):
             model.classifier.weight.copy_(self.weight[k])
             if self.bias is not None:
                 model.classifier.bias.copy_(self.bias[k])
+
+
+class MeanPool2x2(nn.Module):
+    """``nn.AvgPool2d(2)`` as a reshape and a mean. The same numbers (up to summation order), but
+    its backward is a broadcast: on an H200 the CUDA backward of avg_pool2d on the fused
+    (B, K·W, H, W) activations took as long as all the convolution backward passes together."""
+
+    @staticmethod
+    def replaces(pool: nn.AvgPool2d) -> bool:
+        two = (2, (2, 2))
+        return (pool.kernel_size in two and pool.stride in two and pool.padding in (0, (0, 0))
+                and not pool.ceil_mode and pool.divisor_override is None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x[..., : h - h % 2, : w - w % 2]  # AvgPool2d(2) floors odd sides
+        return x.reshape(b, c, h // 2, 2, w // 2, 2).mean((3, 5))
 
 
 def _has_state(m: nn.Module) -> bool:
