@@ -144,3 +144,24 @@ def test_leaderboard_says_what_a_majority_guess_scores(tmp_path):
     assert "Always predicting the majority class scores 70.0 % accuracy on this test set (2 classes, " \
            "balanced accuracy 50.0 %)." in text
     assert text.count("Always predicting") == 1  # cells stored without class counts get no such line
+
+
+def test_two_configurations_of_a_method_are_not_pooled(tmp_path):
+    """MTT run at 100 and at 200 iterations on the same dataset and IPC: two rows named by the
+    parameter that differs, not one row of "1 × 4" networks; IPC 10 (one configuration) is named
+    the same way so a method's rows read alike. A method with one configuration keeps its name."""
+    db = store_with(tmp_path / "r.sqlite", [
+        record("random", "alpha", 1, [0.30, 0.32]),
+        record("mtt", "alpha", 1, [0.40, 0.42], params={"iterations": 100, "lr_img": 100}),
+        record("mtt", "alpha", 1, [0.50, 0.52], params={"iterations": 200, "lr_img": 100}),
+        record("mtt", "alpha", 10, [0.70, 0.72], params={"iterations": 100, "lr_img": 100}),
+        record("dc", "alpha", 1, [0.60, 0.62], params={"iterations": 100}),
+        record("dc", "alpha", 10, [0.80, 0.82], params={"iterations": 50}),  # differs only across IPCs
+    ])
+    text = write_report(db, tmp_path / "out").leaderboard.read_text()
+    rows = {cells[4].strip(): cells[5].strip() for line in text.splitlines()
+            if line.startswith("| 1 ") and len(cells := line.split("|")) > 8}
+    assert rows["mtt (iterations=100)"].startswith("41.0 ± 1.4")
+    assert rows["mtt (iterations=200)"].startswith("51.0 ± 1.4")
+    assert "| mtt (iterations=100) " in text.split("| 10 ", 1)[1]
+    assert rows["dc"].startswith("**61.0") and "dc (" not in text

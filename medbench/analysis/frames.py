@@ -20,10 +20,37 @@ def ipc_label(value: object) -> object:
     return "full" if value is None or pd.isna(value) else int(value)
 
 
+POOLED = ["protocol_id", "dataset", "size", "ipc"]  # cells a table puts in one row (over seeds)
+
+
+def method_variants(cells: pd.DataFrame) -> dict[str, str]:
+    """cell_id -> the method's name in tables. The plain name, unless cells of the method that a
+    table would pool (same protocol, dataset, size and IPC) were run with different parameters:
+    then every cell of that method is named with those parameters, e.g. ``mtt (iterations=100)``,
+    so two configurations are never passed off as repeated runs of one."""
+    params = {cid: json.loads(config).get("params") or {}
+              for cid, config in zip(cells.cell_id, cells.config, strict=True)}
+    names = dict(zip(cells.cell_id, cells.method, strict=True))
+    for method, group in cells.groupby("method"):
+        varying: set[str] = set()
+        for _, pool in group.groupby(POOLED, dropna=False):
+            configs = [params[cid] for cid in pool.cell_id]
+            for key in set().union(*configs):
+                if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1:
+                    varying.add(key)
+        if varying:
+            for cid in group.cell_id:
+                names[cid] = f"{method} ({', '.join(f'{k}={params[cid].get(k)}' for k in sorted(varying))})"
+    return names
+
+
 def model_scores(store: Store, *, split: str = "test") -> pd.DataFrame:
-    """One row per done cell, evaluation network and metric of ``split`` with the cell's keys."""
+    """One row per done cell, evaluation network and metric of ``split`` with the cell's keys;
+    ``method`` names the variant where one method was run with several parameter sets
+    (:func:`method_variants`)."""
     cells = store.cells()
-    cells = cells[cells.status == "done"]
+    cells = cells[cells.status == "done"].copy()
+    cells["method"] = cells.cell_id.map(method_variants(cells))
     scores = store.scores(list(cells.cell_id))
     scores = scores[scores.split == split]
     keep = ["cell_id", "method", "dataset", "size", "ipc", "seed", "protocol_id", "compression_ratio",
