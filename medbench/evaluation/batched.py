@@ -82,7 +82,7 @@ class EvalOptions:
     (``reports/bench/gpu-2026-11-23.md``, ConvNet width 128, K = 10): bf16 autocast, channels-last
     and cuDNN benchmark never paid (0.6–1.07×); torch.compile and CUDA graphs (compile's
     reduce-overhead mode) paid 1.6–1.7× on the grouped trainer at 80 images per step, but only
-    after a 3–9 s compilation per process and shape, which one grid cell's evaluation (1–7 s on
+    after a 3–8 s compilation per process and shape, which one grid cell's evaluation (1–7 s on
     that GPU) does not earn back. They run on the CPU too, which is how the tests exercise them."""
 
     amp: bool = False  # bf16 autocast in forward passes (the loss stays float32)
