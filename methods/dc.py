@@ -103,7 +103,9 @@ class DCParams:
 
 def real_gradients(net: nn.Module, batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per-class gradients on real batches, as constants. A loop over classes: real batches are
-    large, and on CPU a loop beats vmap's batched convolution backward by ~3×."""
+    large, and one vmapped call over the classes was slower on both devices measured (CPU: the
+    loop ~3× faster; H200, width 128, 256 images per class: the DC outer step 0.91–0.95× with
+    vmap, ``reports/bench/gpu-2026-11-23.md``)."""
     weights = [p for p in net.parameters()]
     per_class = []
     for c, x in enumerate(batches):
