@@ -38,6 +38,7 @@ def run(
     workers: int = 1,
     ray_address: str | None = None,
     eval_batching: str = "auto",
+    eval_compile: str = "off",
     progress: bool = False,
     **protocol: Any,
 ) -> pd.DataFrame:
@@ -52,7 +53,7 @@ def run(
         protocol=hparams.build(Protocol, protocol, context="protocol"),
         data_root=Path(data_root).expanduser(), download=download, db=Path(db), device=device,
         retry_failed=retry_failed, executor=executor, workers=workers, ray_address=ray_address,
-        eval_batching=eval_batching,
+        eval_batching=eval_batching, eval_compile=eval_compile,
     )
     return run_grid(spec, progress=progress)
 

@@ -16,7 +16,7 @@ from medbench import hparams
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
-from medbench.evaluation.batched import BATCHINGS
+from medbench.evaluation.batched import BATCHINGS, COMPILE_MODES
 from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.method import get_method, list_methods
@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", help="join a Ray cluster: auto or HOST:PORT (default: start a local one)")
     r.add_argument("--eval-batching", choices=BATCHINGS,
                    help="train the K eval networks one at a time or together; same results (default: auto)")
+    r.add_argument("--eval-compile", choices=list(COMPILE_MODES),
+                   help="torch.compile the eval networks (inductor), or also replay them as CUDA graphs "
+                        "(cuda-graphs); pays only for long evaluations: 3-8 s compilation per shape (default: off)")
     r.add_argument("--retry-failed", action="store_true", default=None, help="run failed cells again")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table",
@@ -226,7 +229,8 @@ PROTOCOL_OPTIONS = ("eval_models", "epochs", "full_epochs", "lr", "batch_size", 
 GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "seeds": "seeds", "size": "size",
                 "data_root": "data_root", "download": "download", "db": "db", "device": "device",
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
-                "ray_address": "ray_address", "eval_batching": "eval_batching"}
+                "ray_address": "ray_address", "eval_batching": "eval_batching",
+                "eval_compile": "eval_compile"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:

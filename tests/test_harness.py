@@ -14,6 +14,7 @@ from conftest import FAST, ONE_THREAD
 
 import medbench
 from medbench.errors import CellFailed, MedbenchError
+from medbench.evaluation.batched import EvalOptions
 from medbench.method import METHODS, register_method
 from medbench.storage.condensed_io import load_condensed
 from medbench.storage.store import Store
@@ -69,6 +70,26 @@ def test_same_seed_gives_identical_numbers(toy_npz, tmp_path):
     assert a[cols].equals(b[cols])
     c = _run(toy_npz, tmp_path / "c.sqlite", methods=["random"], seeds=[1])
     assert not a[cols].equals(c[cols])
+
+
+def test_eval_compile_reaches_the_evaluation_and_keeps_the_cell(toy_npz, tmp_path, monkeypatch):
+    """--eval-compile is a speed option like --eval-batching: the networks are trained through
+    torch.compile (here its eager backend, which needs no compiler on a CPU), the numbers and the
+    cell id stay those of the plain run, and an unknown mode is refused before any work."""
+    import medbench.evaluation.batched as batched
+
+    monkeypatch.setitem(batched.COMPILE_MODES, "cuda-graphs", EvalOptions(compile="eager"))
+    seen = []
+    real_compiled = EvalOptions.compiled
+    monkeypatch.setattr(EvalOptions, "compiled", lambda self, fn: seen.append(self) or real_compiled(self, fn))
+    cols = ["cell_id", "test_accuracy", "val_accuracy"]
+    plain = _run(toy_npz, tmp_path / "a.sqlite", methods=["random"], ipc=[1])
+    fast = _run(toy_npz, tmp_path / "b.sqlite", methods=["random"], ipc=[1], eval_compile="cuda-graphs")
+    assert {o.compile for o in seen} == {None, "eager"}
+    assert plain[cols].equals(fast[cols])
+    with pytest.raises(MedbenchError, match="unknown eval compile mode 'fast'; choose off, inductor, cuda-graphs"):
+        _run(toy_npz, tmp_path / "c.sqlite", methods=["random"], ipc=[1], eval_compile="fast")
+    assert not (tmp_path / "c.sqlite").exists()
 
 
 @pytest.fixture

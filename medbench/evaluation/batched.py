@@ -118,6 +118,21 @@ class EvalOptions:
 
 DEFAULT_OPTIONS = EvalOptions()
 
+# ``medbench run --eval-compile``: the launch-overhead cuts a user may turn on for a grid. Off by
+# default: each pays a 3–8 s compilation per process and shape before it saves anything.
+COMPILE_MODES = {
+    "off": DEFAULT_OPTIONS,
+    "inductor": EvalOptions(compile="inductor"),
+    "cuda-graphs": EvalOptions(compile="inductor", compile_mode="reduce-overhead"),
+}
+
+
+def compile_options(name: str) -> EvalOptions:
+    """The :class:`EvalOptions` of a ``--eval-compile`` value."""
+    if name not in COMPILE_MODES:
+        raise MedbenchError(f"unknown eval compile mode {name!r}; choose {', '.join(COMPILE_MODES)}")
+    return COMPILE_MODES[name]
+
 
 # --- stacked models ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import torch
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES, is_path_reference
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
+from medbench.evaluation.batched import BATCHINGS, compile_options
 from medbench.hparams import as_dict
 from medbench.method import get_method
 
@@ -69,6 +70,7 @@ class GridSpec:
     workers: int = 1
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or HOST:PORT to join one
     eval_batching: str = "auto"  # how the K eval networks are trained; same numbers, so not part of a cell
+    eval_compile: str = "off"  # torch.compile / CUDA graphs for eval training (speed only, like eval_batching)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,6 +115,9 @@ def expand(spec: GridSpec) -> list[Cell]:
     if any(size is not None and size < 8 for size in sizes):
         raise MedbenchError(f"sizes {sorted(s for s in sizes if s)} include one below 8 px "
                             f"(MedMNIST sizes: {MEDMNIST_SIZES})")
+    if spec.eval_batching not in BATCHINGS:
+        raise MedbenchError(f"unknown eval batching {spec.eval_batching!r}; choose {', '.join(BATCHINGS)}")
+    compile_options(spec.eval_compile)  # an unknown mode fails here, before any work
     if spec.executor not in ("local", "process", "ray"):
         raise MedbenchError(f"unknown executor {spec.executor!r}; choose local, process or ray")
     if spec.workers < 1:

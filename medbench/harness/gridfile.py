@@ -32,7 +32,7 @@ import yaml
 from medbench.errors import MedbenchError
 
 KEYS = {"methods", "datasets", "ipc", "seeds", "size", "eval", "data_root", "download", "db", "device",
-        "retry_failed", "workers", "executor", "ray_address", "eval_batching"}
+        "retry_failed", "workers", "executor", "ray_address", "eval_batching", "eval_compile"}
 PRESET_PACKAGE = "medbench.presets"
 
 
@@ -111,7 +111,8 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     for key in ("data_root", "db"):
         if key in raw:
             out[key] = Path(_resolve(base, str(raw[key]), is_path=True))
-    for key in ("size", "download", "device", "retry_failed", "workers", "executor", "ray_address", "eval_batching"):
+    for key in ("size", "download", "device", "retry_failed", "workers", "executor", "ray_address", "eval_batching",
+                "eval_compile"):
         if key in raw:
             out[key] = raw[key]
     return out

@@ -30,6 +30,7 @@ from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
 from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import ModelScore, evaluate
+from medbench.evaluation.batched import compile_options
 from medbench.harness.grid import Cell, GridSpec, expand, resolve_device
 from medbench.method import CondensedSet, DistillTask, get_method
 from medbench.storage.condensed_io import save_condensed
@@ -100,7 +101,8 @@ def model_rows(scores: Iterable[ModelScore]) -> list[ModelRow]:
             for s in scores]
 
 
-def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None, batching: str = "auto") -> Outcome:
+def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None, batching: str = "auto",
+             compile_mode: str = "off") -> Outcome:
     """Distil and evaluate one cell; a method that cannot finish gives a failed record."""
     bar = bar or _Bar(False)
     method = get_method(cell.method)
@@ -126,7 +128,7 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
     start = time.perf_counter()
     try:
         scores = evaluate(condensed, splits, cell.protocol, seed=cell.seed, full=not method.uses_ipc,
-                          on_epoch=bar.update, batching=batching)
+                          on_epoch=bar.update, batching=batching, options=compile_options(compile_mode))
     except CellFailed as exc:  # the distilled set is kept (saved beside the db): only its evaluation failed
         record = _base_record(cell, splits, config={"condensed_info": condensed.info}, status="failed",
                               message=str(exc), distill_seconds=distill_seconds)
@@ -180,21 +182,23 @@ def _run_local(cells: list[Cell], spec: GridSpec, device: torch.device, progress
         splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
         check_ipc(group, splits)
         for cell in group:
-            yield run_cell(cell, splits, spec.db.parent, bar, batching=spec.eval_batching)
+            yield run_cell(cell, splits, spec.db.parent, bar, batching=spec.eval_batching,
+                           compile_mode=spec.eval_compile)
 
 
 def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: str, batching: str,
-                 threads: int) -> Outcome:
+                 compile_mode: str, threads: int) -> Outcome:
     """Run one cell in a worker process (pool or Ray): load (cached), check, distil, evaluate."""
     torch.set_num_threads(threads)
     splits = _load(cell.dataset, cell.size, root, download, device)
     check_ipc([cell], splits)
-    return run_cell(cell, splits, Path(workdir), batching=batching)
+    return run_cell(cell, splits, Path(workdir), batching=batching, compile_mode=compile_mode)
 
 
 def _worker_args(spec: GridSpec, device: torch.device) -> tuple:
     threads = max(1, (os.cpu_count() or 1) // spec.workers)
-    return str(spec.data_root), spec.download, str(device), str(spec.db.parent.resolve()), spec.eval_batching, threads
+    return (str(spec.data_root), spec.download, str(device), str(spec.db.parent.resolve()), spec.eval_batching,
+            spec.eval_compile, threads)
 
 
 def _run_pool(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
