@@ -60,8 +60,8 @@ def choose_batching(requested: str, *, device: torch.device, model: ModelSpec, m
       * CPU → ``sequential``. On a 2-core CPU vmap ran at 0.3–0.4× and grouped at 0.6× of one
         network at a time: a CPU is not launch-bound and batched convolutions only add work.
       * CUDA, K ≥ 2, a ConvNet and ≤ ``SMALL_STEP_IMAGES`` images per SGD step → ``grouped``
-        (K = 10 on an H200, ``reports/bench``: 5.5–6.5× at 8 images per step, 2.7–3.3× at 80;
-        ~2.5–3× at K = 5; 0.8× at K = 1, hence K ≥ 2).
+        (K = 10 on an H200, ``reports/bench``: 5.1–6.5× at 8 images per step, 3.1–4.0× at 80;
+        2.4–3.3× at K = 5; 0.8× at K = 1, hence K ≥ 2).
       * otherwise → ``sequential`` (≥ 256 images per step, e.g. the full training set, is
         compute-bound: 0.8–1.1×; other architectures are not measured).
     """
