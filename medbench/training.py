@@ -3,6 +3,7 @@ that pick checkpoints on validation accuracy."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -69,6 +70,8 @@ def train_network(
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
+    forward_context = (torch.autocast(images.device.type, dtype=torch.bfloat16) if amp
+                       else contextlib.nullcontext())  # built once: entered on every step
     for epoch in range(epochs):
         apply_schedule(optimizer, lr, epoch, epochs)
         order = to_device(torch.randperm(n, generator=generator), images.device)
@@ -77,7 +80,7 @@ def train_network(
             x = images[batch]
             if augment is not None:
                 x = augment(x, generator)
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            with forward_context:
                 logits = model(x)
             loss = loss_fn(logits.float(), labels[batch])
             optimizer.zero_grad(set_to_none=True)
