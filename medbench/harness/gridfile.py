@@ -31,8 +31,10 @@ import yaml
 
 from medbench.errors import MedbenchError
 
-KEYS = {"methods", "datasets", "ipc", "seeds", "size", "eval", "data_root", "download", "db", "device",
-        "retry_failed", "workers", "executor", "ray_address", "eval_batching", "eval_compile"}
+# Keys taken as they are (the others are parsed below: lists, paths, the protocol mapping).
+PLAIN_KEYS = ("size", "download", "device", "retry_failed", "workers", "executor", "ray_address", "eval_batching",
+              "eval_compile")
+KEYS = {"methods", "datasets", "ipc", "seeds", "eval", "data_root", "db", *PLAIN_KEYS}
 PRESET_PACKAGE = "medbench.presets"
 
 
@@ -111,8 +113,7 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     for key in ("data_root", "db"):
         if key in raw:
             out[key] = Path(_resolve(base, str(raw[key]), is_path=True))
-    for key in ("size", "download", "device", "retry_failed", "workers", "executor", "ray_address", "eval_batching",
-                "eval_compile"):
+    for key in PLAIN_KEYS:
         if key in raw:
             out[key] = raw[key]
     return out

@@ -34,9 +34,9 @@ import pandas as pd
 import yaml
 
 from medbench.errors import MedbenchError
+from medbench.harness.gridfile import PRESET_PACKAGE
 from medbench.reports.tables import Table, method_order, pm
 
-PRESET_PACKAGE = "medbench.presets"
 SUFFIX = ".reference.yaml"
 
 
