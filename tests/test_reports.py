@@ -165,3 +165,24 @@ def test_two_configurations_of_a_method_are_not_pooled(tmp_path):
     assert rows["mtt (iterations=200)"].startswith("51.0 ± 1.4")
     assert "| mtt (iterations=100) " in text.split("| 10 ", 1)[1]
     assert rows["dc"].startswith("**61.0") and "dc (" not in text
+
+
+def test_published_numbers_stand_beside_each_variant_of_a_method(tmp_path, capsys):
+    """Two MTT configurations at IPC 1: the paper's 50.0 % is compared with each, and no third,
+    paper-only "mtt" row appears; at IPC 10 (not run) the paper's row still shows."""
+    db = store_with(tmp_path / "r.sqlite", [
+        record("mtt", "mine", 1, [0.55, 0.65], params={"iterations": 100}),
+        record("mtt", "mine", 1, [0.45, 0.55], params={"iterations": 200}),
+    ])
+    ref = tmp_path / "paper.reference.yaml"
+    ref.write_text(REFERENCE)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "out"), "--reference", str(ref)]) == 0
+    text = (tmp_path / "out" / "leaderboard.md").read_text()
+    versus = text.split("next to the published numbers", 1)[1].split("###", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in versus.splitlines()
+            if line.startswith("| mtt")]
+    assert [(r[0], r[1], r[2], r[5]) for r in rows] == [
+        ("mtt (iterations=100)", "1", "50.0", "+10.0"),
+        ("mtt (iterations=200)", "1", "50.0", "+0.0"),
+        ("mtt", "10", "80.0", "—"),
+    ]

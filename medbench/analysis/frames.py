@@ -44,6 +44,11 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     return names
 
 
+def base_method(name: str) -> str:
+    """The registered method of a :func:`method_variants` name: ``mtt (iterations=100)`` -> ``mtt``."""
+    return name.split(" (", 1)[0]
+
+
 def model_scores(store: Store, *, split: str = "test") -> pd.DataFrame:
     """One row per done cell, evaluation network and metric of ``split`` with the cell's keys;
     ``method`` names the variant where one method was run with several parameter sets

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from medbench.analysis.frames import base_method
 from medbench.errors import MedbenchError
 from medbench.harness.gridfile import PRESET_PACKAGE
 from medbench.reports.tables import Table, method_order, pm
@@ -118,14 +119,18 @@ def comparison_table(agg: pd.DataFrame, ref: Reference, dataset: str, size: obje
     ``agg`` is :func:`medbench.reports.tables.aggregate` output for one protocol."""
     mine = agg[(agg.dataset == dataset) & ((agg["size"] == size) if not pd.isna(size) else agg["size"].isna())]
     stats = {(r.method, None if pd.isna(r.ipc) else int(r.ipc), r.metric): r for r in mine.itertuples()}
-    keys = {(m, i) for (m, i, _) in stats} | {(m, i) for m, per in ref.accuracy.items() for i in per}
+    ours = {(m, i) for (m, i, _) in stats}
+    # The paper's number stands beside each of our variants of its method (mtt (iterations=100)...),
+    # and in a row of its own only where we have none.
+    covered = {(base_method(m), i) for m, i in ours}
+    keys = ours | {(m, i) for m, per in ref.accuracy.items() for i in per if (m, i) not in covered}
     methods = method_order(sorted({m for m, _ in keys}))
     rows = []
     for ipc in sorted({i for _, i in keys}, key=lambda i: math.inf if i is None else i):
         for method in methods:
             if (method, ipc) not in keys:
                 continue
-            paper = ref.accuracy.get(method, {}).get(ipc)
+            paper = ref.accuracy.get(base_method(method), {}).get(ipc)
             acc = stats.get((method, ipc, "accuracy"))
             bal = stats.get((method, ipc, "balanced_accuracy"))
             delta = "—" if paper is None or acc is None else f"{100 * acc.mean - paper:+.1f}"
