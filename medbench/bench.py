@@ -43,7 +43,7 @@ import torch
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data.splits import Split, Splits
 from medbench.errors import MedbenchError
-from medbench.evaluation.batched import EvalOptions, choose_batching
+from medbench.evaluation.batched import COMPILE_MODES, EvalOptions, choose_batching
 from medbench.evaluation.protocol import model_seeds, train_models
 from medbench.models import ModelSpec
 
@@ -168,9 +168,8 @@ OPTION_VARIANTS = {
     "bf16": OptionVariant("bf16 autocast", EvalOptions(amp=True)),
     "channels_last": OptionVariant("channels-last", EvalOptions(channels_last=True)),
     "cudnn_benchmark": OptionVariant("cuDNN benchmark", EvalOptions(cudnn_benchmark=True), cuda_only=True),
-    "compile": OptionVariant("torch.compile", EvalOptions(compile="inductor")),
-    "cuda_graphs": OptionVariant("CUDA graphs", EvalOptions(compile="inductor", compile_mode="reduce-overhead"),
-                                 cuda_only=True),
+    "compile": OptionVariant("torch.compile", COMPILE_MODES["inductor"]),
+    "cuda_graphs": OptionVariant("CUDA graphs", COMPILE_MODES["cuda-graphs"], cuda_only=True),
 }
 OPTION_TRAINERS = ("sequential", "grouped")
 
