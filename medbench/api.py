@@ -8,9 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from medbench import hparams
 from medbench.data.catalog import DEFAULT_DATA_ROOT
-from medbench.evaluation import Protocol
+from medbench.evaluation.protocols import DEFAULT_PROTOCOL, named_protocol
 from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.runner import run_grid
 from medbench.storage.store import Store
@@ -25,7 +24,7 @@ def run(
     methods: str | Sequence[str] = ("random",),
     datasets: str | Sequence[str] = ("bloodmnist",),
     ipc: int | Sequence[int] = (1, 10, 50),
-    seeds: int | Sequence[int] = (0,),
+    seeds: int | Sequence[int] = (0, 1, 2),
     *,
     size: int | None = None,
     method_args: Mapping[str, Mapping[str, Any]] | None = None,
@@ -40,17 +39,19 @@ def run(
     eval_batching: str = "auto",
     eval_compile: str = "off",
     progress: bool = False,
-    **protocol: Any,
+    protocol: str = DEFAULT_PROTOCOL,
+    **settings: Any,
 ) -> pd.DataFrame:
     """Run a grid and return one row per cell (metrics as mean and std over the eval models).
 
-    ``protocol`` takes any field of :class:`medbench.evaluation.Protocol`, e.g. ``eval_models=5,
-    epochs=300``. Cells already in ``db`` are not run again.
+    ``protocol`` names the evaluation protocol (``medbench protocols``); ``settings`` override any
+    of its fields (:class:`medbench.evaluation.Protocol`), e.g. ``eval_models=5, epochs=300``.
+    Cells already in ``db`` are not run again.
     """
     spec = GridSpec(
         methods=_seq(methods), datasets=_seq(datasets), ipcs=_seq(ipc), seeds=_seq(seeds), size=size,
         method_args={k: dict(v) for k, v in (method_args or {}).items()},
-        protocol=hparams.build(Protocol, protocol, context="protocol"),
+        protocol=named_protocol(protocol, settings),
         data_root=Path(data_root).expanduser(), download=download, db=Path(db), device=device,
         retry_failed=retry_failed, executor=executor, workers=workers, ray_address=ray_address,
         eval_batching=eval_batching, eval_compile=eval_compile,

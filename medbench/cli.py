@@ -17,6 +17,7 @@ from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, COMPILE_MODES
+from medbench.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS, named_protocol
 from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.method import get_method, list_methods
@@ -112,16 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated dataset names, MedMNIST-layout .npz paths or class folders "
                         "(default: bloodmnist)")
     g.add_argument("--ipc", type=_int_list, help="images per class, comma-separated (default: 1,10,50)")
-    g.add_argument("--seeds", type=_int_list, help="distillation seeds, comma-separated (default: 0)")
+    g.add_argument("--seeds", type=_int_list,
+                   help="seeds, comma-separated: each is one random subset or one distillation run, the unit "
+                        "of replication (default: 0,1,2)")
     g.add_argument("--size", type=int,
                    help="image size for MedMNIST sets (28, 64, 128, 224); default 28, or an npz file's own")
     g.add_argument("--method-args", action="append", default=[], metavar="SPEC",
                    help="method hyper-parameters: NAME:key=value,... or a YAML file {NAME: {key: value}}; "
                         "repeatable")
-    e = p.add_argument_group("evaluation protocol (one for every method)")
+    e = p.add_argument_group("evaluation protocol (one for every method; options below override the named one)")
+    e.add_argument("--protocol",
+                   help=f"named evaluation protocol: {', '.join(PROTOCOLS.names())} (default: {DEFAULT_PROTOCOL}; "
+                        "`medbench protocols` lists their settings and sources)")
     e.add_argument("--eval-models", type=_positive(int),
                    help=f"networks trained per cell (default: {DEFAULTS.eval_models})")
-    e.add_argument("--epochs", type=_positive(int), help=f"training epochs per network (default: {DEFAULTS.epochs})")
+    e.add_argument("--epochs", type=_positive(int),
+                   help="training epochs per network (default: the protocol's; dsa: 1000, dc: 300)")
     e.add_argument("--full-epochs", type=_positive(int),
                    help=f"epochs when training on the full training set (default: {DEFAULTS.full_epochs})")
     e.add_argument("--lr", type=_positive(float),
@@ -132,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--depth", type=_positive(int), help="ConvNet depth (default: 3 for 28 px, 4 for 64, 5 for 128)")
     e.add_argument("--norm", choices=["instance", "batch", "none"], help=f"ConvNet norm (default: {DEFAULTS.norm})")
     e.add_argument("--eval-augment", dest="augment",
-                   help=f"train-time augmentation of eval networks: none or dsa (default: {DEFAULTS.augment})")
+                   help="train-time augmentation of eval networks: none or dsa "
+                        "(default: the protocol's; dsa: dsa, dc: none)")
     r = p.add_argument_group("data, storage, execution")
     r.add_argument("--data-root", type=Path, help=f"MedMNIST root folder (default: {DEFAULT_DATA_ROOT})")
     r.add_argument("--download", action="store_true", default=None,
@@ -153,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="format of the final table (default: table)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("protocols", help="list the named evaluation protocols with their settings and sources")
+    p.set_defaults(func=cmd_protocols)
 
     p = sub.add_parser("results", help="show stored results, one row per cell")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
@@ -216,6 +227,22 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_protocols(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    shown = ("epochs", "augment", "lr", "batch_size", "width", "eval_models")
+    rows = []
+    for name in PROTOCOLS.names():
+        preset = PROTOCOLS.get(name)
+        settings = preset.build()
+        rows.append({"protocol": name + (" (default)" if name == DEFAULT_PROTOCOL else ""),
+                     **{k: getattr(settings, k) for k in shown}, "source": preset.source})
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print("\nEvery protocol trains the ConvNet with SGD (momentum 0.9, weight decay 5e-4), the lr divided by 10 "
+          "halfway, and a method's learned lr where it has one. Options of `medbench run` override single fields.")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -239,8 +266,10 @@ def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
         raise MedbenchError("give a grid file or --preset, not both")
     source = preset_path(args.preset) if args.preset else args.grid
     fields = read_grid_file(source) if source else {}
-    protocol = dict(fields.pop("protocol", {}))
+    protocol = dict(fields.pop("eval", {}))
     protocol.update({k: getattr(args, k) for k in PROTOCOL_OPTIONS if getattr(args, k) is not None})
+    protocol_name = args.protocol or fields.pop("protocol_name", DEFAULT_PROTOCOL)
+    fields.pop("protocol_name", None)
     fields.update({field: getattr(args, opt) for opt, field in GRID_OPTIONS.items() if getattr(args, opt) is not None})
     methods = fields.get("methods", GridSpec.methods)
     method_args = fields.pop("method_args", {})
@@ -248,8 +277,10 @@ def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
         method_args.setdefault(name, {}).update(values)
     if "data_root" in fields:
         fields["data_root"] = Path(fields["data_root"]).expanduser()
-    return GridSpec(**fields, method_args=method_args,
-                    protocol=hparams.build(Protocol, protocol, context="protocol"))
+    if "name" in protocol:
+        raise MedbenchError("choose the protocol by name with --protocol (or `protocol:` in a grid file), "
+                            "not as an eval setting")
+    return GridSpec(**fields, method_args=method_args, protocol=named_protocol(protocol_name, protocol))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from medbench import hparams
 from medbench.data.catalog import DEFAULT_DATA_ROOT
 from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import Protocol, evaluate
@@ -59,18 +57,18 @@ def source_cells(store: Store, *, cells: str | None = None, methods: Sequence[st
 
 def target(cell: StoredCell, arch: str) -> tuple[str, str, Protocol]:
     """(cell_id, protocol_id, protocol) of ``cell`` evaluated by ``arch``."""
-    protocol = hparams.build(Protocol, {**cell.config["protocol"], "model": arch}, context="protocol")
+    protocol = Protocol.from_record({**cell.config["protocol"], "model": arch})
     row = cell.row
     protocol_id = Cell(str(row.method), str(cell.config.get("dataset_ref", row.dataset)), _int_or_none(row["size"]),
                        _int_or_none(row.ipc), int(row.seed), dict(cell.config.get("params", {})),
                        protocol).protocol_id
-    return digest(["crossarch", cell.cell_id, asdict(protocol)]), protocol_id, protocol
+    return digest(["crossarch", cell.cell_id, protocol.identity()]), protocol_id, protocol
 
 
 def _record(cell: StoredCell, arch: str, cell_id: str, protocol_id: str, protocol: Protocol, scores: list,
             eval_seconds: float, device: Any) -> CellRecord:
     row = cell.row
-    config = {**cell.config, "protocol": asdict(protocol),
+    config = {**cell.config, "protocol": protocol.record(),
               "crossarch": {"source_cell": cell.cell_id, "source_protocol_id": str(row.protocol_id),
                             "source_model": cell.config["protocol"].get("model"), "model": arch}}
     return CellRecord(
@@ -123,7 +121,7 @@ def run_crossarch(db: Path, archs: Sequence[str], *, cells: str | None = None, m
                 except CellFailed as exc:
                     record = CellRecord(cell_id, str(cell.row.method), str(cell.row.dataset),
                                         _int_or_none(cell.row["size"]), _int_or_none(cell.row.ipc),
-                                        int(cell.row.seed), protocol_id, {**cell.config, "protocol": asdict(protocol),
+                                        int(cell.row.seed), protocol_id, {**cell.config, "protocol": protocol.record(),
                                         "crossarch": {"source_cell": cell.cell_id, "model": arch}},
                                         environment(dev), status="failed", message=str(exc))
                 else:

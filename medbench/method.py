@@ -19,6 +19,7 @@ import torch
 from medbench import hparams
 from medbench.data.splits import Split, Splits, TrainGeometry
 from medbench.devices import to_device
+from medbench.errors import MedbenchError
 from medbench.models import ModelSpec
 from medbench.registry import Registry
 
@@ -66,6 +67,20 @@ class DistillTask(TrainGeometry):
     def class_indices(self) -> list[torch.Tensor]:
         """Training indices of each class, built once and kept on the device."""
         return [torch.nonzero(self.train.labels == c).flatten() for c in range(self.num_classes)]
+
+    def subset_indices(self, generator: torch.Generator) -> torch.Tensor:
+        """IPC training indices per class, drawn uniformly without replacement, class-contiguous."""
+        chosen = []
+        for c, pool in enumerate(self.class_indices):
+            if len(pool) < self.ipc:
+                raise MedbenchError(f"IPC {self.ipc} exceeds the {len(pool)} training images of class {c}")
+            chosen.append(pool[to_device(torch.randperm(len(pool), generator=generator)[: self.ipc], pool.device)])
+        return torch.cat(chosen)
+
+    def initial_indices(self) -> torch.Tensor:
+        """The subset every method that starts from real images starts from: the one ``random``
+        selects with the same seed, so a method's gain over random is a paired difference."""
+        return self.subset_indices(torch.Generator().manual_seed(self.seed))
 
     def real(self, indices: torch.Tensor) -> torch.Tensor:
         """Normalised float training images at ``indices``."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.errors import MedbenchError
+from medbench.errors import CellFailed, MedbenchError
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask
 from medbench.training import Augment, candidate_accuracy
@@ -87,7 +87,7 @@ def initial_images(task: DistillTask, init: str, generator: torch.Generator) -> 
     """IPC images per class, class-contiguous, and their fixed labels."""
     labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)
     if init == "real":
-        images = torch.cat([task.sample_class(c, task.ipc, generator) for c in range(task.num_classes)])
+        images = task.real(task.initial_indices())  # random's subset for this seed: paired comparisons
     else:
         shape = (task.num_classes * task.ipc, task.channels, task.size, task.size)
         images = torch.randn(shape, generator=generator).to(task.device)
@@ -161,9 +161,16 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step,
         done = it + 1
         task.report(done, params.iterations)
         if done % params.eval_every == 0 or done == params.iterations:
+            losses = torch.stack(window)
+            if not bool(torch.isfinite(losses).all() & torch.isfinite(images).all()):
+                # Never keep an earlier checkpoint (or the real initialisation) as a finished result.
+                bad = int(torch.nonzero(~torch.isfinite(losses))[0]) if not torch.isfinite(losses).all() else None
+                where = f"iteration {done - len(window) + bad}" if bad is not None else f"by iteration {done}"
+                raise CellFailed(f"{name} diverged at {where} (non-finite matching loss or images; "
+                                 f"lr_img {params.lr_img:g})")
             acc = evaluate(images)
             state.history.append((done, acc))
-            state.losses.append((done, float(torch.stack(window).mean())))
+            state.losses.append((done, float(losses.mean())))
             window = []
             if acc > state.best_accuracy:
                 state.best_images, state.best_iteration, state.best_accuracy = images.detach().clone(), done, acc
@@ -172,7 +179,8 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step,
 
     return CondensedSet(
         state.best_images.detach().clone(), labels,
-        info={"iteration": state.best_iteration, "val_accuracy": state.best_accuracy,
+        info={"chosen_iteration": state.best_iteration, "candidates": len(state.history),
+              "val_accuracy": state.best_accuracy,
               "iterations": params.iterations, "val_history": state.history,
               "matching_loss": state.losses},
     )

@@ -20,7 +20,9 @@ from . import _synthetic as syn
 
 @dataclass(frozen=True)
 class DMParams:
-    """Reference defaults of DM (its main_DM.py)."""
+    """DM settings; the defaults are the official main_DM.py's (Iteration 20000, lr_img 1.0 with
+    momentum 0.5, batch_real 256, init real, DSA augmentation). ``eval_every``/``eval_epochs`` are
+    medbench's checkpoint selection on val (the official code keeps the last iteration)."""
 
     iterations: int = 20000
     lr_img: float = 1.0

@@ -55,7 +55,7 @@ def shared_data() -> Path:
 
 
 # A protocol small enough for tests: tiny ConvNet, few epochs.
-FAST = {"width": 8, "epochs": 4, "full_epochs": 2, "eval_models": 2, "batch_size": 32}
+FAST = {"width": 8, "epochs": 4, "full_epochs": 2, "eval_models": 2, "batch_size": 32, "augment": "none"}
 
 
 def pytest_configure(config):

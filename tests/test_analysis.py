@@ -104,14 +104,32 @@ def test_prediction_interval_matches_hand_computation(tmp_path):
     assert p.n_datasets == 4
 
 
-def test_gain_and_its_standard_error(tmp_path):
+def test_gain_is_paired_over_seeds_with_its_t_interval(tmp_path):
+    # Per-seed means: random 0.55, 0.60, 0.50; dc 0.80, 0.70, 0.72 -> differences 0.25, 0.10, 0.22.
+    recs = [record("random", "a", 1, [0.5, 0.6], seed=0), record("random", "a", 1, [0.6, 0.6], seed=1),
+            record("random", "a", 1, [0.45, 0.55], seed=2),
+            record("dc", "a", 1, [0.7, 0.8, 0.9], seed=0), record("dc", "a", 1, [0.7], seed=1),
+            record("dc", "a", 1, [0.72, 0.72], seed=2)]
+    with Store(store_with(tmp_path / "g.sqlite", recs)) as store:
+        [row] = paired_points(metric_values(store)).itertuples()
+    d = np.array([0.25, 0.10, 0.22])
+    sd = math.sqrt(((d - d.mean()) ** 2).sum() / 2)
+    assert row.gain == pytest.approx(d.mean()) and row.gain_se == pytest.approx(sd / math.sqrt(3))
+    half = 4.302653 * sd / math.sqrt(3)  # t(0.975, 2)
+    assert (row.gain_low, row.gain_high) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-6)
+    # paired t: t = mean / (sd / sqrt n), two-sided with n − 1 = 2 degrees of freedom
+    assert row.p == pytest.approx(2 * stats.t.sf(d.mean() / (sd / math.sqrt(3)), 2))
+    assert row.random_mean == pytest.approx(0.55) and row.distilled_mean == pytest.approx(0.74)
+    assert row.random_std == pytest.approx(0.05)  # across the seed means 0.55, 0.60, 0.50
+    assert (row.random_n, row.distilled_n, row.seeds) == (3, 3, 3)
+
+
+def test_one_common_seed_gives_a_gain_without_an_interval(tmp_path):
     recs = [record("random", "a", 1, [0.5, 0.6]), record("dc", "a", 1, [0.7, 0.8, 0.9])]
     with Store(store_with(tmp_path / "g.sqlite", recs)) as store:
         [row] = paired_points(metric_values(store)).itertuples()
     assert row.gain == pytest.approx(0.8 - 0.55)
-    # sqrt(s_d²/n_d + s_r²/n_r) = sqrt(0.01/3 + 0.005/2)
-    assert row.gain_se == pytest.approx(math.sqrt(0.01 / 3 + 0.005 / 2))
-    assert (row.random_n, row.distilled_n) == (2, 3)
+    assert math.isnan(row.gain_se) and math.isnan(row.gain_low) and math.isnan(row.p) and row.seeds == 1
 
 
 def test_fewer_than_three_datasets_says_so(tmp_path, capsys):

@@ -132,8 +132,10 @@ def test_protocol_trains_with_dsa_augmentation(monkeypatch) -> None:
     first, second = (evaluate(condensed, splits, protocol, seed=0)[0] for _ in range(2))
     assert len(calls) == 4  # 2 epochs × 1 batch, twice
     assert (first.val, first.test) == (second.val, second.test)
-    evaluate(condensed, splits, Protocol(width=8, depth=2, epochs=2, eval_models=1), seed=0)
+    evaluate(condensed, splits, Protocol(width=8, depth=2, epochs=2, eval_models=1, augment="none"), seed=0)
     assert len(calls) == 4  # "none" trains without augmentation
+    evaluate(condensed, splits, Protocol(width=8, depth=2, epochs=2, eval_models=1), seed=0)
+    assert len(calls) == 6  # the default protocol (dsa) augments
 
 
 def test_params_move_once_to_the_images_dtype_and_device():

@@ -9,7 +9,7 @@ from conftest import ONE_THREAD, make_arrays, write_npz
 from medbench.cli import main, parse_method_args
 from medbench.errors import MedbenchError
 
-QUICK = ["--eval-models", "2", "--epochs", "2", "--full-epochs", "1", "--width", "4", "--no-progress"]
+QUICK = ["--eval-models", "2", "--epochs", "2", "--full-epochs", "1", "--width", "4", "--seeds", "0", "--no-progress"]
 FAST_ARGS = [*QUICK, "--device", "cpu"]
 
 

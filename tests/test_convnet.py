@@ -13,7 +13,7 @@ def test_convnet_shapes_for_gray_and_rgb(channels, size, depth):
     net = ConvNet(channels, num_classes=7, size=size, width=8)
     x = torch.randn(2, channels, size, size)
     assert net(x).shape == (2, 7)
-    side = size >> depth
+    side = (size + 4 if size == 28 else size) >> depth  # 28 px runs as 32 px (the official network)
     assert net.embed(x).shape == (2, 8 * side * side)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == depth
 

@@ -44,9 +44,9 @@ def test_dm_lowers_matching_loss_and_beats_random(splits) -> None:
                                        augment=None)) for k in range(4)) / 4
 
     assert mean_loss(result.images) < 0.8 * mean_loss(init)
-    random_set = get_method("random").run(task, None)
+    random_set = get_method("random").run(task, get_method("random").make_params())
     assert held_out_accuracy(splits, result) > held_out_accuracy(splits, random_set) + 0.08
-    assert result.info["iteration"] in (0, 60) and len(result.info["val_history"]) == 2
+    assert result.info["chosen_iteration"] in (0, 60) and len(result.info["val_history"]) == 2
 
 
 def test_resume_matches_uninterrupted(splits, tmp_path) -> None:

@@ -34,7 +34,7 @@ def test_grid_file_is_read_relative_to_itself_and_cli_overrides(tmp_path, toy_np
     spec = _spec(str(grid))
     assert spec.datasets == ((str(toy_npz), None), ("breastmnist", 64))
     assert spec.db == sub / "out" / "r.sqlite" and spec.data_root == sub / "data"
-    assert spec.protocol.eval_models == 2 and spec.protocol.width == 8 and spec.protocol.epochs == 300
+    assert spec.protocol.eval_models == 2 and spec.protocol.width == 8 and spec.protocol.epochs == 1000
     assert spec.method_args == {"random": {}, "full": {}}
     cells = expand(spec)
     assert {(c.size, c.ipc) for c in cells if c.method == "random"} == {(None, 1), (None, 2), (64, 1), (64, 2)}
@@ -120,7 +120,8 @@ def test_parser_has_no_hidden_defaults_for_overridable_options():
     assert isinstance(args, argparse.Namespace)
     assert args.epochs is None and args.methods is None and args.download is None
     spec = grid_spec_from_args(args)
-    assert spec.methods == ("random",) and spec.protocol.epochs == 300 and spec.db == Path("results/medbench.sqlite")
+    assert spec.methods == ("random",) and spec.protocol.epochs == 1000 and spec.db == Path("results/medbench.sqlite")
+    assert spec.protocol.name == "dsa" and spec.seeds == (0, 1, 2)
 
 
 def test_eval_batching_reaches_the_protocol_and_keeps_cell_ids(toy_npz, tmp_path, monkeypatch):

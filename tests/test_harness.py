@@ -102,7 +102,7 @@ def flaky_method():
         calls.append(task.ipc)
         if task.ipc == 2:
             raise CellFailed("diverged at iteration 7")
-        return METHODS.get("random").run(task, params)
+        return METHODS.get("random").run(task, METHODS.get("random").make_params())
 
     yield calls
     METHODS._items.pop("test_flaky")
@@ -136,7 +136,7 @@ def test_an_evaluation_that_blows_up_fails_its_cell_and_keeps_the_set(toy_npz, t
     @register_method("test_blowup")
     def blowup(task, params):
         """Random images with an absurd learned lr."""
-        condensed = METHODS.get("random").run(task, params)
+        condensed = METHODS.get("random").run(task, METHODS.get("random").make_params())
         return dataclasses.replace(condensed, lr=1e30)
 
     try:
@@ -159,7 +159,7 @@ def test_interrupt_keeps_finished_cells_only(toy_npz, tmp_path, flaky_method):
         """Raises KeyboardInterrupt on IPC 3."""
         if task.ipc == 3:
             raise KeyboardInterrupt
-        return METHODS.get("random").run(task, params)
+        return METHODS.get("random").run(task, METHODS.get("random").make_params())
 
     db = tmp_path / "r.sqlite"
     try:

@@ -37,14 +37,15 @@ def test_report_writes_three_files_with_tables_and_embedded_figures(report_db, t
     page = files.html.read_text()
     # Markdown: per dataset table with bold best, full row and ratio, correlation table, protocol stated
     assert md.count("### alpha (28 px), 1000 training images") == 1
-    assert "**46.0 ± 1.4**" in md  # dm at IPC 1 on alpha: best of its IPC group
+    assert "**46.0 ± 1.4 †**" in md  # dm at IPC 1 on alpha: best of its IPC group; † one seed only
+    assert "† one seed only: its ± is the spread over the evaluation networks" in md
     assert re.search(r"\| full\s+\| 1000\s+\| 100 %\s+\| full\s+\| 91\.0 ± 1\.4", md)
     assert "0.3 %" in md  # compression ratio 3 images / 1000
     assert "Pearson r" in md and "needs at least" not in md
     assert md.count("convnet width 8 depth auto · 4 epochs (full 2) · lr 0.01 · aug none · 3 eval models") == 5
     assert "failed: dc · alpha · IPC 1 · seed 0: diverged" in md
     # HTML: self-contained, tables and figures inline
-    assert "<table>" in page and "Pearson r" in page and "<b>46.0 ± 1.4</b>" in page
+    assert "<table>" in page and "Pearson r" in page and "<b>46.0 ± 1.4 †</b>" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) >= 2 + 6  # accuracy vs IPC, scatter, and one mosaic per (dataset, IPC, method) shown
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)

@@ -1,11 +1,12 @@
 """Does a method's gain carry over across datasets? Distilled vs random-subset accuracy.
 
 For every method (other than ``random``/``full``), IPC and protocol, each dataset gives one point
-(random accuracy, distilled accuracy), both averaged over eval models and seeds. Across datasets
-we report Pearson r and Spearman ρ with p-values, the least-squares line with R², and a seeded
-bootstrap CI for r (datasets resampled). Per dataset the gain over random (distilled − random, the
-spirit of DD-Ranking's improvement over random) carries the standard error of a difference of two
-independent means, from the eval-model spread. The line also predicts a new dataset's distilled
+(random accuracy, distilled accuracy), each the mean of per-seed means (seeds are the unit of
+replication, :mod:`medbench.analysis.seeds`). Across datasets we report Pearson r and Spearman ρ
+with p-values, the least-squares line with R², and a seeded bootstrap CI for r (datasets
+resampled). Per dataset the gain over random (distilled − random, the spirit of DD-Ranking's
+improvement over random) is the mean of the paired per-seed differences, with its standard error
+and t-interval over seeds and the paired t-test. The line also predicts a new dataset's distilled
 accuracy from its random-subset accuracy, with the usual OLS prediction interval.
 
 A random baseline is only ever paired with a distilled cell under the same ``protocol_id`` (and
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from medbench.analysis.frames import KEY
+from medbench.analysis.seeds import ALPHA, paired, seed_means
 from medbench.errors import MedbenchError
 
 MIN_DATASETS = 3
@@ -32,28 +33,34 @@ BASELINES = ("random", "full")
 def paired_points(values: pd.DataFrame) -> pd.DataFrame:
     """Distilled vs random accuracy per dataset, matched on protocol_id, dataset, size and IPC.
 
-    ``values``: one row per evaluation network (``medbench.analysis.frames.metric_values``).
-    Returns one row per (protocol_id, method, ipc, dataset, size) with both means, their sample
-    std and counts (eval models × seeds), the gain and its standard error.
+    ``values``: one row per evaluation network of one metric (``medbench.analysis.frames.metric_values``).
+    Returns one row per (protocol_id, method, ipc, dataset, size): both means over seeds with their
+    std across seeds and seed counts, and the paired gain over the seeds both have: its mean, SE,
+    95 % t-interval and paired t-test p (NaN with a single common seed).
     """
     columns = ["protocol_id", "method", "ipc", "dataset", "size", "random_mean", "random_std", "random_n",
-               "distilled_mean", "distilled_std", "distilled_n", "gain", "gain_se"]
-    if values.empty:
+               "distilled_mean", "distilled_std", "distilled_n", "gain", "gain_se", "gain_low", "gain_high", "p",
+               "seeds"]
+    per_seed = seed_means(values)
+    rows = []
+    for key, group in per_seed.groupby(["protocol_id", "dataset", "size", "ipc"], dropna=False):
+        by_method = {m: g.set_index("seed").value for m, g in group.groupby("method")}
+        if "random" not in by_method:
+            continue
+        base = by_method["random"]
+        for method, distilled in by_method.items():
+            if method in BASELINES:
+                continue
+            result = paired(distilled, base)
+            se = (result.high - result.low) / 2 / stats.t.ppf(0.975, result.n - 1) if result.n > 1 else math.nan
+            rows.append({"protocol_id": key[0], "dataset": key[1], "size": key[2], "ipc": key[3], "method": method,
+                         "random_mean": base.mean(), "random_std": base.std(ddof=1), "random_n": len(base),
+                         "distilled_mean": distilled.mean(), "distilled_std": distilled.std(ddof=1),
+                         "distilled_n": len(distilled), "gain": result.diff, "gain_se": se, "gain_low": result.low,
+                         "gain_high": result.high, "p": result.p, "seeds": result.n})
+    if not rows:
         return pd.DataFrame(columns=columns)
-    agg = values.groupby(KEY, dropna=False).value.agg(["mean", "std", "count"]).reset_index()
-    random = agg[agg.method == "random"].drop(columns="method")
-    distilled = agg[~agg.method.isin(BASELINES)]
-    on = ["protocol_id", "dataset", "size", "ipc"]  # protocol_id first: never pair across protocols
-    merged = distilled.merge(random, on=on, suffixes=("_d", "_r"))
-    out = pd.DataFrame({
-        "protocol_id": merged.protocol_id, "method": merged.method, "ipc": merged.ipc, "dataset": merged.dataset,
-        "size": merged["size"],
-        "random_mean": merged.mean_r, "random_std": merged.std_r, "random_n": merged.count_r,
-        "distilled_mean": merged.mean_d, "distilled_std": merged.std_d, "distilled_n": merged.count_d,
-    })
-    out["gain"] = out.distilled_mean - out.random_mean
-    # SE of a difference of two independent means; undefined (NaN) with a single network.
-    out["gain_se"] = np.sqrt(out.distilled_std**2 / out.distilled_n + out.random_std**2 / out.random_n)
+    out = pd.DataFrame(rows)
     return out.sort_values(["protocol_id", "method", "ipc", "dataset"]).reset_index(drop=True)[columns]
 
 
@@ -219,13 +226,17 @@ def correlation_frame(results: list[Correlation]) -> pd.DataFrame:
 
 
 def gain_frame(points: pd.DataFrame) -> pd.DataFrame:
-    """Display table of the per-dataset gain over random, in percentage points ± its SE."""
+    """Display table of the per-dataset paired gain over random: pp ± SE, 95 % t-interval over seeds,
+    paired t-test p ('*': p < 0.05)."""
     rows = []
     for _, p in points.iterrows():
         se = "" if not np.isfinite(p.gain_se) else f" ± {100 * p.gain_se:.1f}"
+        ci = "" if not np.isfinite(p.gain_low) else f"[{100 * p.gain_low:+.1f}, {100 * p.gain_high:+.1f}]"
         rows.append({"protocol": p.protocol_id, "method": p.method, "ipc": int(p.ipc), "dataset": p.dataset,
                      "random %": f"{100 * p.random_mean:.1f}", "distilled %": f"{100 * p.distilled_mean:.1f}",
-                     "gain (pp) ± SE": f"{100 * p.gain:+.1f}{se}"})
+                     "gain (pp) ± SE": f"{100 * p.gain:+.1f}{se}", "95 % CI": ci,
+                     "p (paired t)": "" if not np.isfinite(p.p) else f"{p.p:.2g}" + (" *" if p.p < ALPHA else ""),
+                     "seeds": int(p.seeds)})
     return pd.DataFrame(rows)
 
 

@@ -10,6 +10,7 @@ import json
 
 import pandas as pd
 
+from medbench.evaluation.protocols import changed_fields
 from medbench.storage.store import Store
 
 KEY = ["protocol_id", "dataset", "size", "method", "ipc"]
@@ -83,12 +84,21 @@ def protocols(store: Store) -> dict[str, dict]:
     return out
 
 
+def protocol_name(protocol: dict) -> str:
+    """The named protocol and what was changed from it: ``dsa (changed: width 32, epochs 300)``."""
+    name = protocol.get("name") or "unnamed (stored before named protocols)"
+    changed = changed_fields(protocol) if protocol.get("name") else {}
+    return name + (f" (changed: {', '.join(f'{k} {v}' for k, v in changed.items())})" if changed else "")
+
+
 def describe_protocol(protocol: dict, protocol_id: str) -> str:
     """One line naming every setting that changes the numbers, so a table never loses its context."""
     if not protocol:
         return f"protocol {protocol_id} (settings not stored)"
     depth = protocol.get("depth")
     parts = [
+        f"named protocol {protocol_name(protocol)}",
+        f"architecture {protocol.get('architecture', 'convnet-v1 (stored before versions)')}",
         f"model {protocol.get('model', '?')}",
         f"width {protocol.get('width', '?')}",
         f"depth {depth if depth is not None else 'auto (by resolution)'}",
@@ -107,7 +117,7 @@ def short_protocol(protocol: dict, protocol_id: str) -> str:
     if not protocol:
         return f"protocol {protocol_id}"
     depth = protocol.get("depth")
-    return (f"{protocol.get('model', '?')} width {protocol.get('width', '?')} depth "
+    return (f"{protocol_name(protocol)} · {protocol.get('model', '?')} width {protocol.get('width', '?')} depth "
             f"{depth if depth is not None else 'auto'}"
             f" · {protocol.get('epochs', '?')} epochs (full {protocol.get('full_epochs', '?')})"
             f" · lr {protocol.get('lr', '?')} · aug {protocol.get('augment', '?')}"

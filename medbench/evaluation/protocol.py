@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from medbench import hparams
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data.splits import Splits
 from medbench.errors import CellFailed
@@ -29,7 +30,7 @@ from medbench.evaluation.batched import (
 from medbench.evaluation.metrics import classification_metrics
 from medbench.hparams import check
 from medbench.method import CondensedSet
-from medbench.models import ModelSpec
+from medbench.models import ModelSpec, architecture
 from medbench.training import Augment, TrainingDiverged, predict_proba, train_network
 from medbench.whitening import ZCA
 
@@ -44,13 +45,24 @@ EVAL_AUGMENTS: dict[str, Callable[[int], Augment | None]] = {"none": lambda chan
 
 @dataclass(frozen=True)
 class Protocol:
-    """How condensed sets are evaluated. Defaults follow the DC/DSA/DM/MTT evaluation code."""
+    """How condensed sets are evaluated: a named protocol (:mod:`medbench.evaluation.protocols`) and
+    any fields changed from it. The defaults are the ``dsa`` protocol (the DSA, DM and MTT papers'
+    evaluation: 1,000 epochs with DSA augmentation); ``name`` says which protocol the settings
+    started from and is not part of the identity (:meth:`identity`): equal settings are one protocol.
 
+    Where medbench differs from the papers' ``evaluate_synset`` (DatasetCondensation and
+    mtt-distillation ``utils.py``): they train ``epochs + 1`` epochs and divide the lr by 10 after
+    epoch ``epochs // 2 + 1``; medbench trains ``epochs`` and divides at ``epochs // 2``. They
+    evaluate 20 (DC, DSA, DM) or 5 (MTT) networks on one distilled set; medbench trains
+    ``eval_models`` networks per seed and replicates over seeds.
+    """
+
+    name: str = "dsa"
     model: str = "convnet"
     width: int = 128
     depth: int | None = None  # None: by resolution (3 for 28–32 px, 4 for 64, 5 for 112–128)
     norm: str = "instance"
-    epochs: int = 300
+    epochs: int = 1000
     full_epochs: int = 100  # the whole training set: MedMNIST v2's own training budget
     lr: float = 0.01
     use_learned_lr: bool = True  # a method's learned lr (MTT) replaces ``lr`` when present
@@ -58,7 +70,7 @@ class Protocol:
     weight_decay: float = 5e-4
     batch_size: int = 256
     eval_models: int = 5
-    augment: str = "none"  # "dsa": DSA's augmentation (per-image draws) while training on the set
+    augment: str = "dsa"  # "dsa": DSA's augmentation (per-image draws) while training on the set; or "none"
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1 and self.full_epochs >= 1, "epochs must be at least 1")
@@ -72,6 +84,25 @@ class Protocol:
     def model_spec(self) -> ModelSpec:
         options = {"width": self.width, "depth": self.depth, "norm": self.norm}
         return ModelSpec(self.model, options if self.model == "convnet" else {})
+
+    def identity(self) -> dict:
+        """What makes two protocols the same: every setting plus the network's architecture version
+        (so results of an older network never pool with newer ones), not the name."""
+        out = {k: v for k, v in asdict(self).items() if k != "name"}
+        out["architecture"] = architecture(self.model)
+        return out
+
+    def record(self) -> dict:
+        """The protocol as stored with every cell: its name, its settings and the architecture."""
+        return {"name": self.name, **self.identity()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Protocol:
+        """The protocol of a stored cell (the architecture entry is derived, not a setting; cells
+        stored before named protocols get the name "unnamed")."""
+        values = {k: v for k, v in record.items() if k != "architecture"}
+        values.setdefault("name", "unnamed")
+        return hparams.build(cls, values, context="stored protocol")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,12 @@ class Cell:
 
     @property
     def protocol_id(self) -> str:
-        return digest(asdict(self.protocol))
+        return digest(self.protocol.identity())
 
     @property
     def cell_id(self) -> str:
         return digest([self.method, self.dataset, self.size, self.ipc, self.seed, self.params,
-                        asdict(self.protocol)])
+                        self.protocol.identity()])
 
     @property
     def label(self) -> str:
@@ -57,7 +57,7 @@ class GridSpec:
     # names or paths; an entry may carry its own size as (ref, size)
     datasets: tuple[str | tuple[str, int | None], ...] = ("bloodmnist",)
     ipcs: tuple[int, ...] = (1, 10, 50)
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1, 2)  # seeds are the unit of replication: one subset / distillation each
     size: int | None = None
     method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     protocol: Protocol = field(default_factory=Protocol)

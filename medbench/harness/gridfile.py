@@ -10,7 +10,8 @@ datasets:           # names, npz paths, folders, or {name: ..., size: ...}
 ipc: [1, 10]
 seeds: [0, 1]
 size: 28            # default for datasets without their own size
-eval:               # any field of medbench.evaluation.Protocol
+protocol: dsa       # a named evaluation protocol (medbench protocols); default dsa
+eval:               # any field of medbench.evaluation.Protocol, overriding the named protocol
   eval_models: 5
 data_root: ~/.medmnist
 db: results/medbench.sqlite
@@ -34,7 +35,7 @@ from medbench.errors import MedbenchError
 # Keys taken as they are (the others are parsed below: lists, paths, the protocol mapping).
 PLAIN_KEYS = ("size", "download", "device", "retry_failed", "workers", "executor", "ray_address", "eval_batching",
               "eval_compile")
-KEYS = {"methods", "datasets", "ipc", "seeds", "eval", "data_root", "db", *PLAIN_KEYS}
+KEYS = {"methods", "datasets", "ipc", "seeds", "protocol", "eval", "data_root", "db", *PLAIN_KEYS}
 PRESET_PACKAGE = "medbench.presets"
 
 
@@ -109,7 +110,11 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     if "eval" in raw:
         if not isinstance(raw["eval"], dict):
             raise MedbenchError(f"{path}: eval must be a mapping of protocol settings")
-        out["protocol"] = dict(raw["eval"])
+        out["eval"] = dict(raw["eval"])
+    if "protocol" in raw:
+        if not isinstance(raw["protocol"], str):
+            raise MedbenchError(f"{path}: protocol must be the name of an evaluation protocol, e.g. dsa or dc")
+        out["protocol_name"] = raw["protocol"]
     for key in ("data_root", "db"):
         if key in raw:
             out[key] = Path(_resolve(base, str(raw[key]), is_path=True))

@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict
 from functools import lru_cache
 from itertools import groupby
 from multiprocessing import get_context
@@ -89,7 +88,7 @@ def _base_record(cell: Cell, splits: Splits, **fields) -> CellRecord:
     return CellRecord(
         cell_id=cell.cell_id, method=cell.method, dataset=splits.name, size=splits.size, ipc=cell.ipc,
         seed=cell.seed, protocol_id=cell.protocol_id,
-        config={"method": cell.method, "params": cell.params, "protocol": asdict(cell.protocol),
+        config={"method": cell.method, "params": cell.params, "protocol": cell.protocol.record(),
                 "dataset_ref": cell.dataset, "dataset": splits.describe(), **fields.pop("config", {})},
         environment=environment(splits.device), **fields,
     )

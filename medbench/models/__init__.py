@@ -12,10 +12,26 @@ from medbench.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model", entry_point_group="medbench.models")
+# name -> architecture version. A change that alters what a network computes (a layer's padding, a
+# feature size) bumps the version; the version is part of every protocol's identity, so results made
+# with the old network are never pooled with new ones.
+VERSIONS: dict[str, int] = {}
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    return MODELS.decorator(name, lambda _name, factory: factory)
+def register_model(name: str, *, version: int = 1) -> Callable[[ModelFactory], ModelFactory]:
+    """Register ``factory(channels, num_classes, size, **options)`` under ``name`` at ``version``."""
+
+    def wrap(_name: str, factory: ModelFactory) -> ModelFactory:
+        VERSIONS[name] = version
+        return factory
+
+    return MODELS.decorator(name, wrap)
+
+
+def architecture(name: str) -> str:
+    """``name-vN``: the model and its architecture version (unknown names fail with the list)."""
+    MODELS.get(name)
+    return f"{name}-v{VERSIONS.get(name, 1)}"
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -1,7 +1,15 @@
 """The ConvNet of the dataset-distillation literature (DC, DSA, DM, MTT).
 
 ``depth`` blocks of conv3×3 (``width`` channels) → norm → ReLU → avg-pool 2, then one linear
-layer whose input size is computed from the resolution, so 28 px RGB works like any other.
+layer whose input size is computed from the resolution.
+
+28 px input is treated as the official code (DatasetCondensation and mtt-distillation
+``networks.py``) treats MNIST: the first convolution pads by 3 instead of 1, so the features are
+32 → 16 → 8 → 4 px and the embedding at width 128, depth 3 is 2,048-d, exactly the network of the
+32 px papers. The official code does this for one channel only (three-channel 28 px input would
+not build there); medbench does it for any channel count, so 28 px RGB sets (BloodMNIST,
+RetinaMNIST) get the same network as 28 px grayscale ones. Version 1 (before this) padded by 1
+at 28 px (28 → 14 → 7 → 3, 1,152-d); its results carry ``convnet-v1`` in their protocol.
 """
 
 from __future__ import annotations
@@ -46,12 +54,13 @@ class ConvNet(nn.Module):
             raise MedbenchError(f"ConvNet depth {depth} pools a {size} px image below one pixel")
         blocks: list[nn.Module] = []
         in_channels = channels
-        for _ in range(depth):
-            blocks += [nn.Conv2d(in_channels, width, 3, padding=1), _norm(norm, width), nn.ReLU(),
-                       nn.AvgPool2d(2)]
+        first_pad = 3 if size == 28 else 1  # 28 px runs as the official 32 px network (module doc)
+        for d in range(depth):
+            blocks += [nn.Conv2d(in_channels, width, 3, padding=first_pad if d == 0 else 1), _norm(norm, width),
+                       nn.ReLU(), nn.AvgPool2d(2)]
             in_channels = width
         self.features = nn.Sequential(*blocks, nn.Flatten())
-        side = size >> depth  # AvgPool2d(2) floors, exactly as a right shift
+        side = (size + 2 * first_pad - 2) >> depth  # AvgPool2d(2) floors, exactly as a right shift
         self.embed_dim = width * side * side
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
@@ -63,6 +72,6 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("convnet")
+@register_model("convnet", version=2)
 def convnet(channels: int, num_classes: int, size: int, **options) -> ConvNet:
     return ConvNet(channels, num_classes, size, **options)

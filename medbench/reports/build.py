@@ -13,12 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from medbench.analysis import seeds as seed_stats
 from medbench.analysis.correlation import Correlation, correlate, correlation_frame, gain_frame, paired_points
 from medbench.analysis.frames import describe_protocol, model_scores, protocols, short_protocol
+from medbench.analysis.seeds import TEST_NAME, seed_means
 from medbench.errors import MedbenchError
 from medbench.reports import figures
 from medbench.reports.published import Reference, comparison_table, settings_table
 from medbench.reports.tables import (
+    ACC as ACC_COLUMN,
+)
+from medbench.reports.tables import (
+    Comparisons,
     Table,
     aggregate,
     dataset_facts,
@@ -28,6 +34,7 @@ from medbench.reports.tables import (
     majority_notes,
     method_order,
     n_train,
+    selections,
 )
 from medbench.storage.condensed_io import locate_condensed
 from medbench.storage.store import Store
@@ -74,6 +81,8 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
     values = model_scores(store, split="test").dropna(subset=["value"])
     values = values[values.metric.isin(["accuracy", "balanced_accuracy"])]
     agg = aggregate(values)
+    per_seed = seed_means(values)
+    comparisons = Comparisons(seed_stats.gains(per_seed), seed_stats.ranks(per_seed), selections(store))
     points = paired_points(values[values.metric == "accuracy"])
     results = correlate(points, n_boot=n_boot, seed=seed)
     settings = protocols(store)
@@ -88,8 +97,11 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
         tables, published = [], []
         for dataset, size in sorted({(d, s) for d, s in zip(sub.dataset, sub["size"], strict=True)}, key=str):
             key = (dataset, None if pd.isna(size) else int(size))
-            table = dataset_table(agg, pid, dataset, size, train.get(key))
+            table = dataset_table(agg, pid, dataset, size, train.get(key), comparisons)
             table.notes.append(caption)
+            if any(" †" in row.get(ACC_COLUMN, "") for row in table.rows):
+                table.notes.append("† one seed only: its ± is the spread over the evaluation networks trained on one "
+                                   "set, not over sets; run more seeds (--seeds 0,1,2) for a spread across sets.")
             if key in majority:
                 table.notes.append(majority[key])
             tables.append(table)
@@ -109,13 +121,18 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
     return sections
 
 
-ACC_NOTE = ("Test accuracy and balanced accuracy in %, mean ± std over seeds × eval models. Bold: best per IPC "
-            "(random and distilled methods; the full-data row is the upper bound). Ratio: condensed images / "
-            "training images.")
+ACC_NOTE = ("Test accuracy and balanced accuracy in %: mean ± std across seeds of the per-seed means (a seed is one "
+            "random subset or one distillation run; its networks are one measurement). Bold: best per IPC (the "
+            "full-data row is the upper bound). Gain: paired per-seed difference from random (every method that "
+            f"starts from real images starts from random's subset of the same seed), mean [95 % t-interval]; p: "
+            f"{TEST_NAME}, '*' significant. Rank: 1 + the methods that beat it significantly (ties where "
+            "differences are not significant). Chosen (val): the checkpoint validation accuracy chose, per seed, "
+            "and how many it chose among; '(init)' means the untouched real initialisation was kept.")
 CORR_NOTE = ("One point per dataset: (random-subset accuracy, distilled accuracy) under the same protocol, "
              "dataset, size and IPC. r: Pearson, with a bootstrap 95 % CI over datasets; ρ: Spearman; the line is "
              "least squares (slope, intercept, R²).")
-GAIN_NOTE = "Gain = distilled − random accuracy in percentage points, ± the standard error of the difference."
+GAIN_NOTE = ("Gain = distilled − random accuracy in percentage points: the mean of the paired per-seed differences, "
+             f"± its standard error, with the 95 % t-interval over seeds and the {TEST_NAME}.")
 
 
 def _md_table(table: Table, note: str = "", heading: str = "###") -> str:

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from medbench.analysis.frames import ipc_label
+from medbench.analysis.frames import ipc_label, method_variants
+from medbench.analysis.seeds import across_seeds, seed_means
 from medbench.storage.store import Store
 
 ACC = "accuracy %"
@@ -64,13 +65,54 @@ def pm(mean: float, std: float) -> str:
 
 
 def aggregate(values: pd.DataFrame) -> pd.DataFrame:
-    """Mean/std over eval models and seeds per (protocol, dataset, size, method, IPC, metric)."""
+    """Per (protocol, dataset, size, method, IPC, metric): mean ± std across seeds of the per-seed
+    means (:mod:`medbench.analysis.seeds`; ``spread`` says "networks" where one seed leaves only the
+    network spread), ``count`` networks in all, ``seeds``, and the condensed set's size."""
     keys = ["protocol_id", "dataset", "size", "method", "ipc", "metric"]
-    grouped = values.groupby(keys, dropna=False)
-    out = grouped.value.agg(["mean", "std", "count"]).reset_index()
-    extra = grouped.agg(seeds=("seed", "nunique"), ratio=("compression_ratio", "mean"),
-                        images=("condensed_images", "mean")).reset_index()
+    out = across_seeds(seed_means(values)).rename(columns={"networks": "count"})
+    extra = values.groupby(keys, dropna=False).agg(ratio=("compression_ratio", "mean"),
+                                                   images=("condensed_images", "mean")).reset_index()
     return out.merge(extra, on=keys)
+
+
+def selections(store: Store) -> dict[tuple, str]:
+    """(protocol_id, dataset, size, method, IPC) -> which checkpoint val chose, per seed, and among how
+    many candidates: "100, 0 (init), 100 of 3". Random with candidates > 1 shows the chosen subset."""
+    cells = store.cells()
+    cells = cells[cells.status == "done"].copy()
+    if cells.empty:
+        return {}
+    cells["method"] = cells.cell_id.map(method_variants(cells))
+    out = {}
+    for key, group in cells.groupby(["protocol_id", "dataset", "size", "method", "ipc"], dropna=False):
+        chosen, counts = [], set()
+        for config in group.sort_values("seed").config:
+            info = json.loads(config).get("condensed_info") or {}
+            pick = info.get("chosen_iteration", info.get("iteration", info.get("chosen_candidate")))
+            if pick is None or not info.get("candidates", 2 if "iteration" in info else 1) > 1:
+                continue
+            initial = pick == 0 and "chosen_candidate" not in info
+            chosen.append(f"{pick} (init)" if initial else str(pick))
+            counts.add(info.get("candidates"))
+        if chosen:
+            of = "/".join(str(c) for c in sorted(c for c in counts if c)) or "?"
+            noun = "subsets" if "random" in str(key[3]) else "checkpoints"
+            out[key] = f"{', '.join(chosen)} of {of} {noun}"
+    return out
+
+
+@dataclass
+class Comparisons:
+    """Seed-level comparisons of one protocol: gains over random, ranks, checkpoint choices."""
+
+    gains: pd.DataFrame  # medbench.analysis.seeds.gains
+    ranks: pd.DataFrame  # medbench.analysis.seeds.ranks
+    chosen: dict[tuple, str]
+
+    def lookup(self, frame: pd.DataFrame, dataset: str, size: object, method: str, ipc: int) -> pd.Series | None:
+        hit = frame[(frame.dataset == dataset) & (frame.method == method) & (frame.ipc == ipc)
+                    & ((frame["size"] == size) if not pd.isna(size) else frame["size"].isna())]
+        return None if hit.empty else hit.iloc[0]
 
 
 def dataset_facts(store: Store) -> dict[tuple[str, object], dict]:
@@ -101,14 +143,35 @@ def majority_notes(facts: dict[tuple[str, object], dict]) -> dict[tuple[str, obj
     return out
 
 
+GAIN = "gain vs random (pp) [95 % CI]"
+
+
+def _gain_text(g: pd.Series | None) -> tuple[str, str]:
+    """(gain [CI], p) of a paired comparison with random; '*' marks p < 0.05."""
+    if g is None or not np.isfinite(g["gain"]):
+        return "", ""
+    if not np.isfinite(g["low"]):
+        return f"{100 * g['gain']:+.1f} (1 seed)", ""
+    p = f"{g['p']:.2g}" + (" *" if g["significant"] else "")
+    return f"{100 * g['gain']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]", p
+
+
+def _spread(row: pd.Series) -> str:
+    """mean ± std, with † where the std is over the networks of a single seed."""
+    return pm(row["mean"], row["std"]) + (" †" if row.get("spread") == "networks" else "")
+
+
 def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: object,
-                  train_images: int | None) -> Table:
-    """Rows grouped by IPC (random, methods), then the full-data row; best per IPC group in bold."""
+                  train_images: int | None, comparisons: Comparisons | None = None) -> Table:
+    """Rows grouped by IPC (random, methods), then the full-data row; best per IPC group in bold.
+    Spreads are across seeds; gains are paired per seed with random (t-interval, paired t-test)."""
     sub = agg[(agg.protocol_id == protocol_id) & (agg.dataset == dataset)
               & ((agg["size"] == size) if not pd.isna(size) else agg["size"].isna())]
     acc = sub[sub.metric == "accuracy"].set_index(["method", "ipc"])
     bal = sub[sub.metric == "balanced_accuracy"].set_index(["method", "ipc"])
-    columns = ["IPC", "images", "ratio", "method", ACC, BAL, "gain vs random (pp)", "seeds × models"]
+    comparisons = comparisons or Comparisons(pd.DataFrame(columns=["dataset", "size", "method", "ipc"]),
+                                             pd.DataFrame(columns=["dataset", "size", "method", "ipc"]), {})
+    columns = ["IPC", "images", "ratio", "method", ACC, BAL, GAIN, "p", "rank", "chosen (val)", "seeds × networks"]
     rows: list[dict[str, str]] = []
     bold: set[tuple[int, str]] = set()
     ipcs = sorted({int(i) for i in acc.index.get_level_values("ipc").dropna()})
@@ -116,16 +179,19 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
         group = [m for m in method_order(list(acc.index.get_level_values("method")))
                  if (m, ipc) in acc.index and m != "full"]
         start = len(rows)
-        random_mean = acc.loc[("random", ipc), "mean"] if ("random", ipc) in acc.index else np.nan
         for m in group:
             a = acc.loc[(m, ipc)]
             b = bal.loc[(m, ipc)] if (m, ipc) in bal.index else None
-            gain = "" if m == "random" or not np.isfinite(random_mean) else f"{100 * (a['mean'] - random_mean):+.1f}"
+            gain, p = _gain_text(comparisons.lookup(comparisons.gains, dataset, size, m, ipc))
+            rank = comparisons.lookup(comparisons.ranks, dataset, size, m, ipc)
+            size_key = None if pd.isna(size) else int(size)
             rows.append({"IPC": str(ipc), "images": f"{a['images']:.0f}",
-                         "ratio": f"{100 * a['ratio']:.3g} %" if np.isfinite(a["ratio"]) else "—",
-                         "method": m, ACC: pm(a["mean"], a["std"]),
-                         BAL: pm(b["mean"], b["std"]) if b is not None else "—", "gain vs random (pp)": gain,
-                         "seeds × models": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
+                         "ratio": f"{100 * a['ratio']:.3g} %" if np.isfinite(a["ratio"]) else "—", "method": m,
+                         ACC: _spread(a),
+                         BAL: _spread(b) if b is not None else "—", GAIN: gain, "p": p,
+                         "rank": "" if rank is None else str(int(rank["rank"])),
+                         "chosen (val)": comparisons.chosen.get((protocol_id, dataset, size_key, m, ipc), ""),
+                         "seeds × networks": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
         if len(group) > 1:
             for column, frame in ((ACC, acc), (BAL, bal)):
                 means = [frame.loc[(m, ipc), "mean"] if (m, ipc) in frame.index else -np.inf for m in group]
@@ -136,9 +202,8 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
         a = acc.loc[key]
         b = bal.loc[key] if key in bal.index else None
         rows.append({"IPC": "full", "images": f"{train_images or a['images']:.0f}", "ratio": "100 %",
-                     "method": "full", ACC: pm(a["mean"], a["std"]),
-                     BAL: pm(b["mean"], b["std"]) if b is not None else "—", "gain vs random (pp)": "",
-                     "seeds × models": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
+                     "method": "full", ACC: _spread(a), BAL: _spread(b) if b is not None else "—",
+                     "seeds × networks": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
     title = f"{dataset}" + ("" if pd.isna(size) else f" ({int(size)} px)")
     if train_images:
         title += f", {train_images} training images"

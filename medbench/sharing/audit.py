@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from medbench import hparams
 from medbench.data.catalog import DEFAULT_DATA_ROOT
 from medbench.data.splits import Splits
 from medbench.evaluation import Protocol
@@ -395,7 +394,7 @@ def membership_inference(cell: Any, arrays: dict[str, np.ndarray], splits: Split
                          zca: tuple[torch.Tensor, torch.Tensor] | None, settings: AuditSettings,
                          gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
     """Loss-threshold attack on the distilled set's network and on a same-size real subset's."""
-    protocol = hparams.build(Protocol, cell.config["protocol"], context="protocol")
+    protocol = Protocol.from_record(cell.config["protocol"])
     seed = model_seeds(int(cell.row.seed), 1)[0]
     device = splits.device
 
@@ -423,7 +422,7 @@ def membership_inference(cell: Any, arrays: dict[str, np.ndarray], splits: Split
     baseline_attack = _attack(baseline, splits, b_members, b_non, splits.normalize, settings, rng)
     return {
         "attack": "loss threshold: score = −cross-entropy of the true label; AUC of members vs non-members",
-        "protocol": asdict(protocol), "model_seed": seed,
+        "protocol": protocol.record(), "model_seed": seed,
         "distilled": {**distilled_attack,
                       "members_are": "the selected real training images" if selected is not None else
                       "real training images (every one took part in distillation), class-matched to the "

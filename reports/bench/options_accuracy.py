@@ -37,7 +37,7 @@ def main() -> None:
     splits = load_dataset(args.dataset, root=args.data_root).to(device)
     task = DistillTask(train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=args.ipc, seed=0,
                        device=device, normalize=splits.normalize)
-    condensed = get_method("random").run(task, None)
+    condensed = get_method("random").run(task, get_method("random").make_params())
     protocol = Protocol(eval_models=args.models)
     rows = []
     for trainer in ("sequential", "grouped"):

@@ -1,0 +1,87 @@
+"""Seed-level statistics (medbench.analysis.seeds) and the leaderboard built on them, against
+values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from _records import record, store_with
+from scipy import stats
+
+from medbench.analysis.frames import metric_values
+from medbench.analysis.seeds import across_seeds, gains, paired, ranks, seed_means
+from medbench.reports.build import build_sections
+from medbench.storage.store import Store
+
+
+def _per_seed(recs, tmp_path):
+    with Store(store_with(tmp_path / "s.sqlite", recs)) as store:
+        return seed_means(metric_values(store))
+
+
+def test_std_is_across_seed_means_and_within_seed_spread_is_kept(tmp_path):
+    recs = [record("random", "a", 1, [0.40, 0.50], seed=0), record("random", "a", 1, [0.60, 0.62], seed=1),
+            record("random", "a", 1, [0.70, 0.74], seed=2)]
+    row = across_seeds(_per_seed(recs, tmp_path)).iloc[0]
+    means = np.array([0.45, 0.61, 0.72])
+    assert row["mean"] == pytest.approx(means.mean())
+    assert row["std"] == pytest.approx(means.std(ddof=1)) and row["spread"] == "seeds"
+    within = np.mean([np.std([0.40, 0.50], ddof=1), np.std([0.60, 0.62], ddof=1), np.std([0.70, 0.74], ddof=1)])
+    assert row["within_std"] == pytest.approx(within)
+    assert (row["seeds"], row["networks"]) == (3, 6)
+
+
+def test_one_seed_reports_the_network_spread_and_says_so(tmp_path):
+    row = across_seeds(_per_seed([record("random", "a", 1, [0.4, 0.5, 0.6])], tmp_path)).iloc[0]
+    assert row["std"] == pytest.approx(0.1) and row["spread"] == "networks" and row["seeds"] == 1
+
+
+def test_paired_uses_only_common_seeds():
+    a = pd.Series([0.8, 0.7, 0.9, 0.99], index=[0, 1, 2, 7])
+    b = pd.Series([0.6, 0.6, 0.6], index=[0, 1, 2])
+    result = paired(a, b)
+    d = np.array([0.2, 0.1, 0.3])
+    assert result.n == 3 and result.diff == pytest.approx(0.2)
+    assert result.p == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    assert not result.significant  # t = 3.46, 2 df: p = 0.074
+    assert paired(a, pd.Series([0.5], index=[9])).n == 0
+
+
+def test_gains_ranks_and_ties(tmp_path):
+    recs = []
+    for seed, (r, strong, weak) in enumerate([(0.50, 0.70, 0.52), (0.55, 0.76, 0.50), (0.52, 0.71, 0.55),
+                                              (0.48, 0.69, 0.49)]):
+        recs += [record("random", "a", 10, [r], seed=seed), record("dm", "a", 10, [strong], seed=seed),
+                 record("dc", "a", 10, [weak], seed=seed)]
+    per_seed = _per_seed(recs, tmp_path)
+    g = gains(per_seed).set_index("method")
+    assert g.loc["dm", "significant"] and g.loc["dm", "gain"] == pytest.approx(0.2025)
+    assert not g.loc["dc", "significant"]  # differences +0.02, −0.05, +0.03, +0.01
+    r = ranks(per_seed).set_index("method")
+    assert r.loc["dm", "rank"] == 1 and r.loc["dm", "beats"] == "dc, random"
+    assert r.loc["dc", "rank"] == 2 and r.loc["random", "rank"] == 2  # tied: not significantly different
+
+
+def test_leaderboard_shows_seed_spread_paired_gain_and_chosen_checkpoints(tmp_path):
+    recs = []
+    for seed, (r, d) in enumerate([(0.50, 0.70), (0.55, 0.76), (0.52, 0.71)]):
+        recs.append(record("random", "a", 10, [r, r + 0.02], seed=seed))
+        rec = record("dm", "a", 10, [d, d + 0.02], seed=seed)
+        rec.config["condensed_info"] = {"chosen_iteration": 0 if seed == 1 else 200, "candidates": 3}
+        recs.append(rec)
+    with Store(store_with(tmp_path / "b.sqlite", recs)) as store:
+        [section] = build_sections(store, n_boot=10)
+    [table] = section.datasets
+    rows = {row["method"]: row for row in table.rows}
+    d = np.array([0.20, 0.21, 0.19])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    interval = f"[{100 * (0.2 - half):+.1f}, {100 * (0.2 + half):+.1f}]"
+    assert rows["dm"]["gain vs random (pp) [95 % CI]"] == f"+20.0 {interval}"
+    assert rows["dm"]["p"].endswith("*") and rows["dm"]["rank"] == "1" and rows["random"]["rank"] == "2"
+    assert rows["dm"]["chosen (val)"] == "200, 0 (init), 200 of 3 checkpoints"
+    assert rows["random"]["seeds × networks"] == "3 × 2"
+    means = np.array([0.51, 0.56, 0.53])
+    assert rows["random"]["accuracy %"] == f"{100 * means.mean():.1f} ± {100 * means.std(ddof=1):.1f}"
