@@ -85,3 +85,21 @@ def test_leaderboard_shows_seed_spread_paired_gain_and_chosen_checkpoints(tmp_pa
     assert rows["random"]["seeds × networks"] == "3 × 2"
     means = np.array([0.51, 0.56, 0.53])
     assert rows["random"]["accuracy %"] == f"{100 * means.mean():.1f} ± {100 * means.std(ddof=1):.1f}"
+
+
+def test_the_same_cells_under_two_protocols_stand_side_by_side(tmp_path):
+    from medbench.reports.build import protocols_table
+
+    recs = []
+    for pid, shift in (("pdc", 0.0), ("pdsa", 0.04)):
+        protocol = {"name": pid[1:], "epochs": 300, "augment": "none" if pid == "pdc" else "dsa"}
+        for seed in range(2):
+            recs.append(record("random", "a", 10, [0.50 + shift + 0.01 * seed], seed=seed, protocol_id=pid,
+                               protocol=protocol))
+    recs.append(record("dm", "a", 10, [0.7], protocol_id="pdsa", protocol=protocol))  # one protocol only: not shown
+    with Store(store_with(tmp_path / "p.sqlite", recs)) as store:
+        table = protocols_table(store)
+    [row] = table.rows
+    assert row["method"] == "random" and row["difference (pp)"] == "+4.0"
+    assert [c for c in table.columns if c.endswith("%")] == ["dc · pdc %",
+                                                              "dsa (changed: epochs 300) · pdsa %"]

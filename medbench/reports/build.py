@@ -15,7 +15,7 @@ import pandas as pd
 
 from medbench.analysis import seeds as seed_stats
 from medbench.analysis.correlation import Correlation, correlate, correlation_frame, gain_frame, paired_points
-from medbench.analysis.frames import describe_protocol, model_scores, protocols, short_protocol
+from medbench.analysis.frames import describe_protocol, model_scores, protocol_name, protocols, short_protocol
 from medbench.analysis.seeds import TEST_NAME, seed_means
 from medbench.errors import MedbenchError
 from medbench.reports import figures
@@ -34,6 +34,7 @@ from medbench.reports.tables import (
     majority_notes,
     method_order,
     n_train,
+    protocol_comparison,
     selections,
 )
 from medbench.storage.condensed_io import locate_condensed
@@ -74,6 +75,14 @@ def tidy_results(store: Store) -> pd.DataFrame:
                "split", "metric", "value", "lr", "epochs", "train_seconds"]
     return frame[columns].sort_values(["protocol_id", "dataset", "method", "ipc", "seed", "model_index", "split",
                                        "metric"]).reset_index(drop=True)
+
+
+def protocols_table(store: Store) -> Table | None:
+    """:func:`protocol_comparison` over every protocol in ``store``, columns named by protocol."""
+    values = model_scores(store, split="test").dropna(subset=["value"])
+    settings = protocols(store)
+    names = {pid: f"{protocol_name(settings.get(pid, {}))} · {pid[:6]}" for pid in settings}
+    return protocol_comparison(aggregate(values[values.metric == "accuracy"]), names)
 
 
 def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
@@ -144,12 +153,15 @@ def _md_table(table: Table, note: str = "", heading: str = "###") -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def leaderboard_markdown(sections: list[Section], db: Path) -> str:
+def leaderboard_markdown(sections: list[Section], db: Path, across: Table | None = None) -> str:
     lines = ["# medbench leaderboard", "", f"Results database: `{db}` · generated "
              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {len(sections)} evaluation protocol(s).", ""]
     if len(sections) > 1:
         lines += ["> These results were made under several evaluation protocols. Each protocol has its own "
-                  "section; numbers are never compared across sections.", ""]
+                  "section; numbers are never compared across sections (except in the protocol table below, "
+                  "which shows what the protocol changes).", ""]
+    if across is not None:
+        lines.append(_md_table(across, heading="##"))
     for s in sections:
         lines += [f"## Protocol `{s.protocol_id}`", "", s.description, ""]
         for t in s.datasets:
@@ -248,8 +260,8 @@ def _img(b64: str | None, alt: str) -> str:
     return f'<img class="figure" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
 
 
-def report_html(sections: list[Section], store: Store, db: Path, per_class: int) -> str:
-    parts = []
+def report_html(sections: list[Section], store: Store, db: Path, per_class: int, across: Table | None = None) -> str:
+    parts = [f'<section class="protocol">{_html_table(across, heading="h2")}</section>'] if across is not None else []
     budget = [MAX_GRIDS]
     for i, s in enumerate(sections, 1):
         out = [f'<section class="protocol" id="p{i}"><h2>Protocol <code>{s.protocol_id}</code></h2>',
@@ -297,9 +309,10 @@ def write_report(db: Path | str, out: Path | str, *, per_class: int = 10, n_boot
         if store.cells().empty:
             raise MedbenchError(f"{db}: the database holds no results yet")
         sections = build_sections(store, n_boot=n_boot, reference=reference)
+        across = protocols_table(store)
         out.mkdir(parents=True, exist_ok=True)
         files = ReportFiles(out / "leaderboard.md", out / "results.csv", out / "index.html")
-        files.leaderboard.write_text(leaderboard_markdown(sections, db))
+        files.leaderboard.write_text(leaderboard_markdown(sections, db, across))
         tidy_results(store).to_csv(files.results, index=False)
-        files.html.write_text(report_html(sections, store, db, per_class))
+        files.html.write_text(report_html(sections, store, db, per_class, across))
     return files

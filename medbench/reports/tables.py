@@ -222,3 +222,36 @@ def frame_table(frame: pd.DataFrame, title: str, drop: tuple[str, ...] = ("proto
     frame = frame.drop(columns=[c for c in drop if c in frame.columns])
     return Table(title, [str(c) for c in frame.columns],
                  [{str(k): str(v) for k, v in row.items()} for row in frame.to_dict("records")])
+
+
+def protocol_comparison(agg: pd.DataFrame, names: dict[str, str]) -> Table | None:
+    """The same (dataset, size, method, IPC) cells evaluated under several protocols, side by side:
+    what the evaluation protocol alone changes. ``names``: protocol_id -> a short name. None when no
+    cell key was evaluated under more than one protocol."""
+    acc = agg[agg.metric == "accuracy"].copy()
+    acc["size"] = acc["size"].astype(object).where(acc["size"].notna(), None)
+    acc["ipc"] = acc.ipc.map(ipc_label)
+    keys = ["dataset", "size", "method", "ipc"]
+    counts = acc.groupby(keys, dropna=False).protocol_id.transform("nunique")
+    acc = acc[counts > 1]
+    if acc.empty:
+        return None
+    pids = list(dict.fromkeys(acc.protocol_id))
+    columns = ["dataset", "IPC", "method", *[f"{names.get(p, p)} %" for p in pids]]
+    columns += ["difference (pp)"] if len(pids) == 2 else []
+    order = {m: i for i, m in enumerate(method_order(list(acc.method)))}
+    rows = []
+    for (dataset, size, ipc), group in acc.groupby(["dataset", "size", "ipc"], dropna=False, sort=False):
+        for method, sub in sorted(group.groupby("method"), key=lambda kv: order[kv[0]]):
+            sub = sub.set_index("protocol_id")
+            row = {"dataset": dataset + ("" if size is None or pd.isna(size) else f" ({int(size)} px)"),
+                   "IPC": str(ipc), "method": method}
+            row.update({f"{names.get(p, p)} %": _spread(sub.loc[p]) if p in sub.index else "—" for p in pids})
+            if len(pids) == 2 and all(p in sub.index for p in pids):
+                row["difference (pp)"] = f"{100 * (sub.loc[pids[1], 'mean'] - sub.loc[pids[0], 'mean']):+.1f}"
+            rows.append(row)
+    table = Table("The same cells under different evaluation protocols", columns, rows)
+    table.notes.append("Test accuracy, mean ± std across seeds; each column is one protocol (its settings are in its "
+                       "section). Distillation does not depend on the protocol, so each row's sets are the same; "
+                       "only how the evaluation networks are trained on them differs.")
+    return table
