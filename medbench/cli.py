@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="format of the final table (default: table)")
+    r.add_argument("--report", type=Path, metavar="DIR",
+                   help="afterwards, write the leaderboard, results.csv and index.html of the database here "
+                        "(as `medbench report --db DB --out DIR`)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("protocols", help="list the named evaluation protocols with their settings and sources")
@@ -287,8 +290,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medbench.harness.runner import run_grid
     from medbench.summary import format_summary
 
-    summary = run_grid(grid_spec_from_args(args), progress=not args.no_progress)
+    spec = grid_spec_from_args(args)
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise MedbenchError(f"--report {args.report}: exists and is not a folder")
+    summary = run_grid(spec, progress=not args.no_progress)
     print(format_summary(summary, args.format))
+    if args.report is not None:
+        from medbench.reports.build import write_report
+
+        files = write_report(spec.db, args.report)
+        print(f"\nreport: {files.leaderboard} · {files.html}")
     return 0
 
 

@@ -117,3 +117,16 @@ def test_console_script_help_and_usage_error():
     bad = subprocess.run([sys.executable, "-m", "medbench", "frobnicate"], capture_output=True, text=True,
                          env=ONE_THREAD)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_run_writes_the_report_when_asked(capsys, tmp_path, toy_npz):
+    db, out = tmp_path / "r.sqlite", tmp_path / "report"
+    code, stdout, _ = _cli(capsys, "run", "--methods", "random", "--datasets", str(toy_npz), "--ipc", "1",
+                           "--db", str(db), "--report", str(out), *FAST_ARGS)
+    assert code == 0 and (out / "leaderboard.md").is_file() and (out / "index.html").is_file()
+    assert f"report: {out / 'leaderboard.md'}" in stdout
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = _cli(capsys, "run", "--datasets", str(toy_npz), "--ipc", "1", "--db", str(tmp_path / "s.sqlite"),
+                        "--report", str(blocker), *FAST_ARGS)
+    assert code == 2 and "exists and is not a folder" in err and not (tmp_path / "s.sqlite").exists()
