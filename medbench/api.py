@@ -61,5 +61,5 @@ def run(
 
 def results(db: str | Path = DEFAULT_DB) -> pd.DataFrame:
     """Every stored cell of ``db``."""
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
         return summarize(store)

@@ -178,9 +178,7 @@ def load_baseline(path: Path) -> dict[str, Any]:
 
 
 def _open_db(path: Path) -> Store:
-    if not Path(path).is_file():
-        raise MedbenchError(f"{path}: no results database here")
-    return Store(path)
+    return Store(path, readonly=True)
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:

@@ -246,12 +246,21 @@ def _outcomes(cells: list[Cell], spec: GridSpec, device: torch.device, progress:
     return _run_local(cells, spec, device, progress)
 
 
+def validate(cells: list[Cell], spec: GridSpec, device: torch.device) -> None:
+    """Load every dataset of the grid and check every cell against it (IPC within the smallest
+    class) before anything is written: a bad file or IPC in the last dataset must not leave a
+    database, or the first dataset's cells, behind."""
+    for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
+        check_ipc(list(group), _load(ref, size, str(spec.data_root), spec.download, str(device)))
+
+
 def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     """Run every pending cell of ``spec`` and return the summary of all its cells."""
     cells = expand(spec)
     device = resolve_device(spec.device)
     db = Path(spec.db)
     spec = dataclasses.replace(spec, db=db)
+    validate(cells, spec, device)
     with Store(db) as store:
         skip = {"done"} if spec.retry_failed else {"done", "failed"}
         pending = [c for c in cells if store.status(c.cell_id) not in skip]

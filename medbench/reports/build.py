@@ -305,7 +305,7 @@ def write_report(db: Path | str, out: Path | str, *, per_class: int = 10, n_boot
     db, out = Path(db), Path(out)
     if not db.is_file():
         raise MedbenchError(f"{db}: no results database here (run `medbench run` first or pass --db)")
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
         if store.cells().empty:
             raise MedbenchError(f"{db}: the database holds no results yet")
         sections = build_sections(store, n_boot=n_boot, reference=reference)

@@ -14,9 +14,7 @@ from medbench.storage.store import Store
 
 
 def _open(db: Path) -> Store:
-    if not db.is_file():
-        raise MedbenchError(f"{db}: no results database here (run `medbench run` first or pass --db)")
-    return Store(db)
+    return Store(db, readonly=True)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -41,9 +41,7 @@ class StoredCell:
 
 def open_store(db: Path) -> Store:
     """Open an existing results database (never create an empty one by mistake)."""
-    if not Path(db).is_file():
-        raise MedbenchError(f"{db}: no results database here (run `medbench run` first or pass --db)")
-    return Store(db)
+    return Store(db, readonly=True)
 
 
 def _condensed_file(db: Path, row: pd.Series) -> Path | None:

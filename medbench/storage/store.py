@@ -91,16 +91,48 @@ class CellRecord:
     models: list[ModelRow] = field(default_factory=list)
 
 
+def _columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """table -> column names of every table in an open database."""
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t!r})")] for t in tables}
+
+
+with sqlite3.connect(":memory:") as _schema:
+    _schema.executescript(SCHEMA)
+    TABLES = _columns(_schema)  # what a medbench database holds
+
+
 class Store:
-    def __init__(self, path: Path | str) -> None:
+    """The results database. ``readonly=True`` (every command that only reads) opens an existing
+    file without ever creating or changing it; either way a file that is not a medbench database
+    (another program's SQLite file, a text file) is refused with one line and left untouched."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        if readonly and not self.path.is_file():
+            raise MedbenchError(f"{self.path}: no results database here (run `medbench run` first or pass --db)")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=30)
+            if readonly:
+                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(self.path, timeout=30)
             self._conn.execute("PRAGMA foreign_keys = ON")
-            self._conn.executescript(SCHEMA)
+            self._check_schema(create=not readonly)
         except sqlite3.DatabaseError as exc:
             raise MedbenchError(f"{self.path}: cannot open the results database ({exc})") from None
+        except OSError as exc:
+            raise MedbenchError(f"{self.path}: cannot create the results database ({exc.strerror})") from None
+
+    def _check_schema(self, *, create: bool) -> None:
+        present = _columns(self._conn)
+        ours = {t: c for t, c in present.items() if t in TABLES}
+        if not present and create:
+            self._conn.executescript(SCHEMA)
+            return
+        if ours != TABLES:
+            found = ", ".join(sorted(present)) or "no tables"
+            raise MedbenchError(f"{self.path}: not a medbench results database ({found}); pass another --db")
 
     def close(self) -> None:
         self._conn.close()
@@ -150,10 +182,8 @@ class Store:
         """Copy the cells of another results database that this one lacks (with their scores and
         condensed files); returns how many were added. For grids run on several machines."""
         source = Path(source)
-        if not source.is_file():
-            raise MedbenchError(f"{source}: no results database there")
-        with sqlite3.connect(source) as other:
-            other_ids = [r[0] for r in other.execute("SELECT cell_id FROM cells")]
+        with Store(source, readonly=True) as other:
+            other_ids = list(other.cells().cell_id)
         new = [c for c in other_ids if self.status(c) is None]
         with self._conn:
             self._conn.execute("ATTACH DATABASE ? AS src", (str(source),))
