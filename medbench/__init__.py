@@ -1,35 +1,27 @@
-"""medbench: a benchmark suite for dataset distillation on medical images."""
+"""medbench: a benchmark suite for dataset distillation on medical images.
 
-from medbench.data import list_datasets, load_dataset, register_dataset
-from medbench.errors import DataError, MedbenchError
-from medbench.method import CondensedSet, DistillTask, get_method, list_methods, register_method
-from medbench.models import list_models, register_model
+The public names are imported on first use (PEP 562), so ``import medbench.launch`` (the command's
+entry point, which must install its signal handlers before torch and medmnist load) stays instant.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
+_PUBLIC = {
+    "list_datasets": "medbench.data", "load_dataset": "medbench.data", "register_dataset": "medbench.data",
+    "DataError": "medbench.errors", "MedbenchError": "medbench.errors",
+    "CondensedSet": "medbench.method", "DistillTask": "medbench.method", "get_method": "medbench.method",
+    "list_methods": "medbench.method", "register_method": "medbench.method",
+    "list_models": "medbench.models", "register_model": "medbench.models",
+    "run": "medbench.api", "results": "medbench.api",
+}
+
 
 def __getattr__(name: str):
-    # run/results pull in pandas and the harness: import them on first use, so `import medbench`
-    # (and every CLI start) stays fast.
-    if name in ("run", "results"):
-        from medbench import api
-
-        return getattr(api, name)
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'medbench' has no attribute {name!r}")
 
-__all__ = [
-    "CondensedSet",
-    "DataError",
-    "DistillTask",
-    "MedbenchError",
-    "get_method",
-    "list_datasets",
-    "list_methods",
-    "list_models",
-    "load_dataset",
-    "register_dataset",
-    "register_method",
-    "register_model",
-    "results",
-    "run",
-]
+
+__all__ = sorted(_PUBLIC)

@@ -1,5 +1,5 @@
 import sys
 
-from medbench.cli import main
+from medbench.launch import main
 
 sys.exit(main())

@@ -20,6 +20,7 @@ from medbench.evaluation.batched import BATCHINGS, COMPILE_MODES
 from medbench.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS, named_protocol
 from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
+from medbench.launch import interrupted
 from medbench.method import get_method, list_methods
 
 EXIT_USAGE = 2
@@ -369,10 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedbenchError as exc:
         print(f"medbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("medbench: interrupted; every finished cell is stored and will be skipped next time",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return interrupted(exc)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,7 @@ from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import ModelScore, evaluate
 from medbench.evaluation.batched import compile_options
 from medbench.harness.grid import Cell, GridSpec, expand, resolve_device
+from medbench.launch import check as check_signals
 from medbench.method import CondensedSet, DistillTask, get_method
 from medbench.storage.condensed_io import save_condensed
 from medbench.storage.provenance import environment
@@ -200,19 +202,30 @@ def _worker_args(spec: GridSpec, device: torch.device) -> tuple:
             spec.eval_compile, threads)
 
 
+def _ignore_interrupts() -> None:
+    """Pool workers leave Ctrl-C to the driver, which stops them (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_pool(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
     args = _worker_args(spec, device)
     # spawn, not fork: forking a process that already holds torch threads (or CUDA) is unsafe.
-    with ProcessPoolExecutor(spec.workers, mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(execute_cell, cell, *args) for cell in cells}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+    pool = ProcessPoolExecutor(spec.workers, mp_context=get_context("spawn"), initializer=_ignore_interrupts)
+    pending = {pool.submit(execute_cell, cell, *args) for cell in cells}
+    finished = False
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+        finished = True
+    finally:
+        if not finished:
+            # Interrupted (Ctrl-C, SIGTERM) or failed: start nothing new and stop the cells in
+            # progress now rather than wait for them; what is stored stays stored.
+            for process in list(getattr(pool, "_processes", {}).values()):  # no public API for this
+                process.terminate()
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _run_ray(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
@@ -268,6 +281,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
                        file=sys.stderr, dynamic_ncols=True, disable=not progress)
         try:
             _prepare(pending, spec, device, progress)
+            check_signals()  # one that arrived while imports ran is raised here, before any work
             for record, condensed in _outcomes(pending, spec, device, progress):
                 if condensed is not None:
                     path = db.parent / "condensed" / f"{record.cell_id}.npz"
@@ -280,6 +294,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
                                f"{record.message}", file=sys.stderr)
                 shutil.rmtree(db.parent / "checkpoints" / record.cell_id, ignore_errors=True)
                 overall.update(1)
+                check_signals()
         finally:
             overall.close()
         return summarize(store, [c.cell_id for c in cells])
