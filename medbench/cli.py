@@ -71,8 +71,10 @@ def parse_method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str,
         if item.endswith((".yaml", ".yml")):
             try:
                 loaded = yaml.safe_load(Path(item).read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise MedbenchError(f"{item}: cannot read method arguments ({exc})") from None
+            except OSError as exc:
+                raise MedbenchError(f"{item}: cannot read method arguments ({exc.strerror})") from None
+            except yaml.YAMLError as exc:
+                raise MedbenchError(f"{item}: not valid YAML ({str(exc).splitlines()[0]})") from None
             if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
                 raise MedbenchError(f"{item}: expected a mapping of method name to its settings")
             for name, values in loaded.items():

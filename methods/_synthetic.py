@@ -193,9 +193,14 @@ def _save(path: os.PathLike | None, fingerprint: dict, state: _State) -> None:
     payload = {"fingerprint": fingerprint, **dataclasses.asdict(state)}
     payload["images"] = state.images.detach().cpu()
     payload["best_images"] = state.best_images.detach().cpu()
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _load(path: os.PathLike | None, fingerprint: dict, device: torch.device) -> _State | None:

@@ -24,6 +24,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Load the six arrays of a MedMNIST-layout file, or raise a one-line DataError."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):  # np.load would call a text file "pickled (object) data"
+        raise DataError(f"{path}: not an npz file (an npz is a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]

@@ -18,6 +18,7 @@ from medbench.hparams import as_dict
 from medbench.method import get_method
 
 DEFAULT_DB = Path("results/medbench.sqlite")
+MAX_SEED = 2**32 - 1
 
 
 def digest(payload: Any) -> str:
@@ -111,6 +112,9 @@ def expand(spec: GridSpec) -> list[Cell]:
         raise MedbenchError("a grid needs at least one method, one dataset and one seed")
     if any(ipc < 1 for ipc in spec.ipcs):
         raise MedbenchError(f"IPC must be at least 1, got {', '.join(map(str, spec.ipcs))}")
+    bad_seeds = [s for s in spec.seeds if not 0 <= s <= MAX_SEED]
+    if bad_seeds:
+        raise MedbenchError(f"seeds must lie in 0..{MAX_SEED} (2^32 − 1), got {', '.join(map(str, bad_seeds))}")
     sizes = {spec.size} | {e[1] for e in spec.datasets if isinstance(e, tuple)}
     if any(size is not None and size < 8 for size in sizes):
         raise MedbenchError(f"sizes {sorted(s for s in sizes if s)} include one below 8 px "

@@ -32,9 +32,10 @@ import yaml
 
 from medbench.errors import MedbenchError
 
-# Keys taken as they are (the others are parsed below: lists, paths, the protocol mapping).
-PLAIN_KEYS = ("size", "download", "device", "retry_failed", "workers", "executor", "ray_address", "eval_batching",
-              "eval_compile")
+# Keys taken as they are, with their type (the others are parsed below: lists, paths, the protocol).
+PLAIN_TYPES: dict[str, type] = {"size": int, "download": bool, "device": str, "retry_failed": bool, "workers": int,
+                                "executor": str, "ray_address": str, "eval_batching": str, "eval_compile": str}
+PLAIN_KEYS = tuple(PLAIN_TYPES)
 KEYS = {"methods", "datasets", "ipc", "seeds", "protocol", "eval", "data_root", "db", *PLAIN_KEYS}
 PRESET_PACKAGE = "medbench.presets"
 
@@ -50,6 +51,21 @@ def preset_path(name: str) -> Path:
     if name not in list_presets():
         raise MedbenchError(f"unknown preset {name!r}; available: {', '.join(list_presets()) or 'none'}")
     return path
+
+
+def _typed(value: Any, kind: type, key: str, path: Path) -> Any:
+    """``value`` if it is a ``kind`` (a bool is not an int, and "no" is not a bool)."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise MedbenchError(f"{path}: {key} must be {'true or false' if kind is bool else f'a {kind.__name__}'}, "
+                        f"got {value!r}")
+
+
+def _integers(value: Any, key: str, path: Path) -> tuple[int, ...]:
+    items = _as_list(value, key, path)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise MedbenchError(f"{path}: {key} must be whole numbers, got {value!r}")
+    return tuple(items)
 
 
 def _as_list(value: Any, key: str, path: Path) -> list:
@@ -87,10 +103,17 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     if "methods" in raw:
         methods = raw["methods"]
         if isinstance(methods, dict):
-            out["methods"] = tuple(methods)
-            out["method_args"] = {k: dict(v or {}) for k, v in methods.items()}
+            bad = sorted(str(k) for k, v in methods.items() if v is not None and not isinstance(v, dict))
+            if bad:
+                raise MedbenchError(f"{path}: the settings of method {bad[0]} must be a mapping "
+                                    f"{{setting: value}}, got {methods[bad[0]]!r}")
+            out["methods"] = tuple(str(k) for k in methods)
+            out["method_args"] = {str(k): dict(v or {}) for k, v in methods.items()}
         else:
-            out["methods"] = tuple(str(m) for m in _as_list(methods, "methods", path))
+            names = _as_list(methods, "methods", path)
+            if not all(isinstance(m, str) for m in names):
+                raise MedbenchError(f"{path}: methods must be names, or a mapping of name to settings")
+            out["methods"] = tuple(names)
     if "datasets" in raw:
         entries = []
         for entry in _as_list(raw["datasets"], "datasets", path):
@@ -103,10 +126,7 @@ def read_grid_file(path: Path) -> dict[str, Any]:
         out["datasets"] = tuple(entries)
     for key, target in (("ipc", "ipcs"), ("seeds", "seeds")):
         if key in raw:
-            try:
-                out[target] = tuple(int(v) for v in _as_list(raw[key], key, path))
-            except (TypeError, ValueError):
-                raise MedbenchError(f"{path}: {key} must be integers") from None
+            out[target] = _integers(raw[key], key, path)
     if "eval" in raw:
         if not isinstance(raw["eval"], dict):
             raise MedbenchError(f"{path}: eval must be a mapping of protocol settings")
@@ -118,7 +138,7 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     for key in ("data_root", "db"):
         if key in raw:
             out[key] = Path(_resolve(base, str(raw[key]), is_path=True))
-    for key in PLAIN_KEYS:
-        if key in raw:
-            out[key] = raw[key]
+    for key, kind in PLAIN_TYPES.items():
+        if key in raw and not (key in ("size", "ray_address") and raw[key] is None):
+            out[key] = _typed(raw[key], kind, key, path)
     return out

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -283,12 +284,17 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
             _prepare(pending, spec, device, progress)
             check_signals()  # one that arrived while imports ran is raised here, before any work
             for record, condensed in _outcomes(pending, spec, device, progress):
-                if condensed is not None:
-                    path = db.parent / "condensed" / f"{record.cell_id}.npz"
-                    stats = record.config["dataset"]
-                    save_condensed(path, condensed, stats["mean"], stats["std"])
-                    record = dataclasses.replace(record, condensed_path=str(path.resolve()))
-                store.write(record)
+                try:
+                    if condensed is not None:
+                        path = db.parent / "condensed" / f"{record.cell_id}.npz"
+                        stats = record.config["dataset"]
+                        save_condensed(path, condensed, stats["mean"], stats["std"])
+                        record = dataclasses.replace(record, condensed_path=str(path.resolve()))
+                    store.write(record)
+                except (OSError, sqlite3.Error) as exc:
+                    raise MedbenchError(f"cannot store the result of {record.method} · {record.dataset} · ipc "
+                                        f"{record.ipc} · seed {record.seed} ({exc}): is the disk full or the "
+                                        f"folder not writable? Cells stored before are kept") from None
                 if record.status == "failed":
                     tqdm.write(f"medbench: {record.method} · {record.dataset} · ipc {record.ipc} failed: "
                                f"{record.message}", file=sys.stderr)

@@ -44,6 +44,8 @@ def _accuracy(text: str) -> float:
 def cmd_correlate(args: argparse.Namespace) -> int:
     from medbench.analysis import correlate, correlation_frame, gain_frame, metric_values, paired_points, predict
 
+    if args.bootstrap < 1:
+        raise MedbenchError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     if args.predict is not None and (args.method is None or args.ipc is None):
         raise MedbenchError("--predict needs --method and --ipc")
     with _open(args.db) as store:

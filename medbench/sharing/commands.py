@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medbench.data.catalog import DEFAULT_DATA_ROOT
+from medbench.errors import MedbenchError
 from medbench.harness.grid import DEFAULT_DB
 
 EXIT_TAMPERED = 1
@@ -24,6 +25,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from medbench.sharing.export import verify_package
 
+    if not Path(args.dir).is_dir():
+        raise MedbenchError(f"{args.dir}: no such folder")
     result = verify_package(args.dir)
     if result.ok:
         m = result.manifest

@@ -318,11 +318,11 @@ def verify_package(path: Path) -> Verification:
     root = Path(path)
     result = Verification(root)
     if not root.is_dir():
-        result.problems.append(f"{root}: not a folder")
+        result.problems.append("not a folder")
         return result
     manifest_path = root / MANIFEST
     if not manifest_path.is_file() or manifest_path.is_symlink():
-        result.problems.append(f"{root}: no {MANIFEST} (not a medbench package)")
+        result.problems.append(f"no {MANIFEST} (not a medbench package)")
         return result
     try:
         raw = manifest_path.read_bytes().decode("utf-8")

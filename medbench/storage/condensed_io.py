@@ -35,10 +35,14 @@ def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], s
     for name, tensor in condensed.extras.items():
         arrays[f"extra_{name}"] = tensor.detach().cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:  # a file handle stops numpy appending a second ".npz"
-        np.savez_compressed(fh, **arrays)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process: concurrent runs never collide
+    try:
+        with open(tmp, "wb") as fh:  # a file handle stops numpy appending a second ".npz"
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no partial file behind
+        raise
     return path.stat().st_size
 
 

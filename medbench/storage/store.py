@@ -122,7 +122,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise MedbenchError(f"{self.path}: cannot open the results database ({exc})") from None
         except OSError as exc:
-            raise MedbenchError(f"{self.path}: cannot create the results database ({exc.strerror})") from None
+            blocker = next((p for p in self.path.parents if p.is_file()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror
+            raise MedbenchError(f"{self.path}: cannot create the results database ({reason})") from None
 
     def _check_schema(self, *, create: bool) -> None:
         present = _columns(self._conn)
