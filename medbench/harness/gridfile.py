@@ -64,7 +64,7 @@ def _typed(value: Any, kind: type, key: str, path: Path) -> Any:
 def _integers(value: Any, key: str, path: Path) -> tuple[int, ...]:
     items = _as_list(value, key, path)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        raise MedbenchError(f"{path}: {key} must be whole numbers, got {value!r}")
+        raise MedbenchError(f"{path}: {key} must be integers, got {value!r}")
     return tuple(items)
 
 

@@ -32,6 +32,7 @@ from medbench.data.splits import Splits
 from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import ModelScore, evaluate
 from medbench.evaluation.batched import compile_options
+from medbench.harness.claims import Claims
 from medbench.harness.grid import Cell, GridSpec, expand, resolve_device
 from medbench.launch import check as check_signals
 from medbench.method import CondensedSet, DistillTask, get_method
@@ -176,16 +177,14 @@ def _prepare(cells: list[Cell], spec: GridSpec, device: torch.device, progress: 
                 bar.close()
 
 
-def _run_local(cells: list[Cell], spec: GridSpec, device: torch.device, progress: bool) -> Iterator[Outcome]:
-    """In-process: each dataset is loaded once and kept on the device for all its cells."""
+def _run_local(cells: Iterable[Cell], spec: GridSpec, device: torch.device, progress: bool) -> Iterator[Outcome]:
+    """In-process, one cell at a time (each taken only when it starts); a dataset is loaded once and
+    kept on the device for its cells (``_load`` caches it; :func:`validate` checked them)."""
     bar = _Bar(progress)
-    for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
-        group = list(group)
-        splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
-        check_ipc(group, splits)
-        for cell in group:
-            yield run_cell(cell, splits, spec.db.parent, bar, batching=spec.eval_batching,
-                           compile_mode=spec.eval_compile)
+    for cell in cells:
+        splits = _load(cell.dataset, cell.size, str(spec.data_root), spec.download, str(device))
+        yield run_cell(cell, splits, spec.db.parent, bar, batching=spec.eval_batching,
+                       compile_mode=spec.eval_compile)
 
 
 def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: str, batching: str,
@@ -208,14 +207,21 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_pool(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
+def _run_pool(cells: Iterable[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
+    """At most ``workers`` cells in flight: the next cell is taken (claimed) only when a worker is
+    free, so another process on the same database can take the ones after it."""
     args = _worker_args(spec, device)
+    todo = iter(cells)
     # spawn, not fork: forking a process that already holds torch threads (or CUDA) is unsafe.
     pool = ProcessPoolExecutor(spec.workers, mp_context=get_context("spawn"), initializer=_ignore_interrupts)
-    pending = {pool.submit(execute_cell, cell, *args) for cell in cells}
+    pending: set = set()
     finished = False
     try:
-        while pending:
+        while True:
+            while len(pending) < spec.workers and (cell := next(todo, None)) is not None:
+                pending.add(pool.submit(execute_cell, cell, *args))
+            if not pending:
+                break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
@@ -229,7 +235,7 @@ def _run_pool(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterat
         pool.shutdown(wait=finished, cancel_futures=True)
 
 
-def _run_ray(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
+def _run_ray(cells: Iterable[Cell], spec: GridSpec, device: torch.device) -> Iterator[Outcome]:
     try:
         import ray
     except ImportError:
@@ -238,9 +244,16 @@ def _run_ray(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterato
         ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=False)
     args = _worker_args(spec, device)
     task = ray.remote(num_cpus=args[-1], num_gpus=1 if device.type == "cuda" else 0)(execute_cell)
-    pending = [task.remote(cell, *args) for cell in cells]
+    # As many cells in flight as the cluster runs at once; the rest are taken (claimed) as they free up.
+    window = max(spec.workers, int(ray.cluster_resources().get("CPU", 1)) // args[-1])
+    todo = iter(cells)
+    pending: list = []
     try:
-        while pending:
+        while True:
+            while len(pending) < window and (cell := next(todo, None)) is not None:
+                pending.append(task.remote(cell, *args))
+            if not pending:
+                break
             done, pending = ray.wait(pending, num_returns=1)
             try:
                 yield ray.get(done[0])
@@ -252,7 +265,7 @@ def _run_ray(cells: list[Cell], spec: GridSpec, device: torch.device) -> Iterato
             ray.cancel(ref)
 
 
-def _outcomes(cells: list[Cell], spec: GridSpec, device: torch.device, progress: bool) -> Iterator[Outcome]:
+def _outcomes(cells: Iterable[Cell], spec: GridSpec, device: torch.device, progress: bool) -> Iterator[Outcome]:
     if spec.executor == "ray":
         return _run_ray(cells, spec, device)
     if spec.executor == "process" or spec.workers > 1:
@@ -275,15 +288,17 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     db = Path(spec.db)
     spec = dataclasses.replace(spec, db=db)
     validate(cells, spec, device)
-    with Store(db) as store:
+    with Store(db) as store, Claims(db) as claims:
         skip = {"done"} if spec.retry_failed else {"done", "failed"}
         pending = [c for c in cells if store.status(c.cell_id) not in skip]
+        # Taken one at a time as they are started: another process on this database takes the others.
+        claimed = (c for c in pending if claims.take(c.cell_id, skip))
         overall = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="cells", position=0,
                        file=sys.stderr, dynamic_ncols=True, disable=not progress)
         try:
             _prepare(pending, spec, device, progress)
             check_signals()  # one that arrived while imports ran is raised here, before any work
-            for record, condensed in _outcomes(pending, spec, device, progress):
+            for record, condensed in _outcomes(claimed, spec, device, progress):
                 try:
                     if condensed is not None:
                         path = db.parent / "condensed" / f"{record.cell_id}.npz"

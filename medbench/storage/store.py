@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS scores (
 """
 
 
+CLAIMS = "CREATE TABLE IF NOT EXISTS claims (cell_id TEXT PRIMARY KEY, owner TEXT NOT NULL, heartbeat REAL NOT NULL)"
+
+
 @dataclass(frozen=True)
 class ModelRow:
     index: int
@@ -131,10 +134,11 @@ class Store:
         ours = {t: c for t, c in present.items() if t in TABLES}
         if not present and create:
             self._conn.executescript(SCHEMA)
-            return
-        if ours != TABLES:
+        elif ours != TABLES:
             found = ", ".join(sorted(present)) or "no tables"
             raise MedbenchError(f"{self.path}: not a medbench results database ({found}); pass another --db")
+        if create:
+            self._conn.execute(CLAIMS)  # cells being computed (medbench.harness.claims); older files lack it
 
     def close(self) -> None:
         self._conn.close()
@@ -154,6 +158,7 @@ class Store:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._conn:  # one transaction: the cell and its scores land together or not at all
             self._conn.execute("DELETE FROM cells WHERE cell_id = ?", (record.cell_id,))
+            self._conn.execute("DELETE FROM claims WHERE cell_id = ?", (record.cell_id,))
             self._conn.execute(
                 "INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
