@@ -81,6 +81,7 @@ def test_leaderboard_shows_seed_spread_paired_gain_and_chosen_checkpoints(tmp_pa
     interval = f"[{100 * (0.2 - half):+.1f}, {100 * (0.2 + half):+.1f}]"
     assert rows["dm"]["gain vs random (pp) [95 % CI]"] == f"+20.0 {interval}"
     assert rows["dm"]["p"].endswith("*") and rows["dm"]["rank"] == "1" and rows["random"]["rank"] == "2"
+    assert rows["dm"]["beats"] == "random" and rows["random"]["beats"] == ""
     assert rows["dm"]["chosen (val)"] == "200, 0 (init), 200 of 3 checkpoints"
     assert rows["random"]["seeds × networks"] == "3 × 2"
     means = np.array([0.51, 0.56, 0.53])

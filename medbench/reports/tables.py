@@ -171,7 +171,8 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
     bal = sub[sub.metric == "balanced_accuracy"].set_index(["method", "ipc"])
     comparisons = comparisons or Comparisons(pd.DataFrame(columns=["dataset", "size", "method", "ipc"]),
                                              pd.DataFrame(columns=["dataset", "size", "method", "ipc"]), {})
-    columns = ["IPC", "images", "ratio", "method", ACC, BAL, GAIN, "p", "rank", "chosen (val)", "seeds × networks"]
+    columns = ["IPC", "images", "ratio", "method", ACC, BAL, GAIN, "p", "rank", "beats", "chosen (val)",
+               "seeds × networks"]
     rows: list[dict[str, str]] = []
     bold: set[tuple[int, str]] = set()
     ipcs = sorted({int(i) for i in acc.index.get_level_values("ipc").dropna()})
@@ -190,6 +191,7 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
                          ACC: _spread(a),
                          BAL: _spread(b) if b is not None else "—", GAIN: gain, "p": p,
                          "rank": "" if rank is None else str(int(rank["rank"])),
+                         "beats": "" if rank is None else rank["beats"],
                          "chosen (val)": comparisons.chosen.get((protocol_id, dataset, size_key, m, ipc), ""),
                          "seeds × networks": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
         if len(group) > 1:
