@@ -135,8 +135,9 @@ ACC_NOTE = ("Test accuracy and balanced accuracy in %: mean ± std across seeds 
             "full-data row is the upper bound). Gain: paired per-seed difference from random (every method that "
             f"starts from real images starts from random's subset of the same seed), mean [95 % t-interval]; p: "
             f"{TEST_NAME}, '*' significant. Rank: 1 + the methods that beat it significantly (ties where "
-            "differences are not significant); beats: the methods it beats significantly (same test). Chosen (val): the checkpoint validation accuracy chose, per seed, "
-            "and how many it chose among; '(init)' means the untouched real initialisation was kept.")
+            "differences are not significant); beats: the methods it beats significantly (same test). Chosen "
+            "(val): the checkpoint validation accuracy chose, per seed, and how many it chose among; '(init)' "
+            "means the untouched real initialisation was kept.")
 CORR_NOTE = ("One point per dataset: (random-subset accuracy, distilled accuracy) under the same protocol, "
              "dataset, size and IPC. r: Pearson, with a bootstrap 95 % CI over datasets; ρ: Spearman; the line is "
              "least squares (slope, intercept, R²).")
