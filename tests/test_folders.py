@@ -102,7 +102,9 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     root = tmp_path / "ct"
     for cls, value in (("hi", 65535), ("mid", 32896)):
         for i in range(7):
-            _save(root / cls / f"{i}.png", np.full((20, 20), value, dtype=np.uint16))
+            # distinct files (identical ones would be de-duplicated), all rounding to the same 8-bit level
+            _save(root / cls / f"{i}.png", np.full((20, 20), value - 10 * i if cls == "hi" else value + 10 * i,
+                                                    dtype=np.uint16))
     splits = load_class_folders(root, size=8, cache_root=tmp_path / "c")
     for split in (splits.train, splits.val, splits.test):
         for image, label in zip(split.images, split.labels, strict=True):
@@ -245,11 +247,41 @@ def test_real_kaggle_sample(tmp_path, caplog):
     assert splits.class_names == tuple(c for c in COVID_CLASSES if c != "Lung_Opacity")
     assert "Lung_Opacity not found" in caplog.text and splits.meta["missing_classes"] == ["Lung_Opacity"]
     assert (splits.num_classes, splits.channels, splits.size) == (3, 1, 112)
-    assert [getattr(splits, s).class_counts(3) for s in ("train", "val", "test")] == [[42] * 3, [6] * 3, [12] * 3]
-    assert splits.meta["skipped_files"] == 0
+    # The sample's COVID-3429.png is byte-identical to COVID-3428.png: one copy is dropped before the split.
+    assert [getattr(splits, s).class_counts(3) for s in ("train", "val", "test")] == [[41, 42, 42], [6] * 3,
+                                                                                     [12] * 3]
+    assert splits.meta["skipped_files"] == 0 and splits.meta["duplicates_dropped"] == 1
+    assert "COVID/images/COVID-3429.png (= COVID/images/COVID-3428.png)" in caplog.text
     # The sample is already 112 px gray, so the stored pixels are the files' own.
     name = _files(splits)["test"][0]
     expected = np.asarray(Image.open(tmp_path / COVID_FOLDER / name).convert("L"))
     assert np.array_equal(splits.test.images[0, 0].numpy(), expected)
     assert name.split("/")[0] == splits.class_names[int(splits.test.labels[0])]
     assert 0.2 < splits.mean[0] < 0.8 and 0.1 < splits.std[0] < 0.5
+
+
+def test_links_to_folders_are_never_followed_and_duplicates_are_dropped(tmp_path, caplog):
+    """A class folder holding a link to itself once loaded each image 41 times, with copies in both
+    train and test; a link to the parent put class B's images under label A; a dangling link crashed."""
+    root = make_tree(tmp_path / "tree", {"A": 40, "B": 40})
+    os.symlink(".", root / "A" / "loop")  # A/loop -> A
+    os.symlink("..", root / "A" / "up")  # A/up -> the root (B's images under A)
+    os.symlink(root / "B", root / "C")  # a class folder that is a link
+    os.symlink(root / "A" / "gone.png", root / "A" / "dangling.png")
+    os.symlink(root / "A" / "img_0.png", root / "A" / "same_file.png")  # a link to a file: followed, then deduped
+    (root / "B" / "copy_of_a0.png").write_bytes((root / "A" / "img_0.png").read_bytes())  # same content, other class
+    with caplog.at_level(logging.WARNING, logger="medbench.data.folders"):
+        splits = load_class_folders(root, cache_root=tmp_path / "cache")
+    assert splits.class_names == ("A", "B")  # C (a link) is not a class
+    files = _files(splits)
+    every = files["train"] + files["val"] + files["test"]
+    assert len(every) == 80 and len(set(every)) == 80  # each image once
+    assert not {f.split("/", 1)[1] for f in files["train"]} & {f.split("/", 1)[1] for f in files["test"]} - {
+        f"img_{i}{s}" for i in range(40) for s in (".png", ".jpg", ".jpeg")}
+    assert all(f.startswith(("A/img_", "B/img_")) for f in every)
+    assert list(np.bincount(np.concatenate([splits.train.labels.numpy(), splits.val.labels.numpy(),
+                                            splits.test.labels.numpy()]))) == [40, 40]
+    text = caplog.text
+    assert "3 folder link(s) not followed" in text
+    assert "2 duplicate image(s) dropped" in text and "A/same_file.png (= A/img_0.png)" in text
+    assert splits.meta["duplicates_dropped"] == 2 and "A/dangling.png" in text

@@ -12,6 +12,12 @@ published as ``<root>/<class>/*.png`` rather than as arrays. This module turns s
   inside a class folder (``.txt``, ``.xlsx``, DICOM) are skipped and counted, as are image files
   that do not decode; the load never stops for them. A class without a single readable image is
   a :class:`DataError`.
+* **Links and duplicates.** Links to files are followed; links to folders never are (a class
+  folder that is a link, or a link inside one, is skipped and reported): a link to ``.`` or ``..``
+  would otherwise count images many times or under another class. A dangling link is skipped and
+  counted. Before the split, every image is de-duplicated by content (sha256 of its bytes, which
+  also catches two links to one file): the first copy in label-then-path order is kept and the
+  others are dropped and reported, so no image can land in both train and test.
 * **Classes.** Sorted folder names, or a given expected order (``classes=``): expected classes
   that are absent are reported and skipped, labels stay contiguous in the expected order, and the
   class names are recorded. Folders not in the expected list are reported and ignored.
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -67,7 +74,7 @@ SPLIT_RATIOS = (0.7, 0.1, 0.2)
 SPLIT_SEED = 0
 DEFAULT_SIZE = 112
 CACHE_DIR = "medbench_folders"
-CACHE_VERSION = 1  # bump when the conversion changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when the conversion changes, so old caches are not reused (2: links, de-duplication)
 COLOUR_THRESHOLD = 3.0  # mean (max − min) over channels, in grey levels, above which an image is colour
 PROGRESS_MIN_FILES = 200  # fewer files than this convert without a progress bar
 
@@ -81,45 +88,55 @@ class FolderScan:
     files: tuple[tuple[Path, ...], ...]  # per class: candidate image files, sorted by path
     missing: tuple[str, ...] = ()  # expected classes without a folder
     unexpected: tuple[str, ...] = ()  # folders ignored because they are not expected classes
-    non_images: tuple[Path, ...] = ()  # files in class folders without an image suffix
+    non_images: tuple[Path, ...] = ()  # files in class folders without an image suffix, dangling links
+    linked_dirs: tuple[Path, ...] = ()  # folder links that were not followed
 
 
 def _ignored(name: str) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_DIRS
 
 
-def _class_dirs(root: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not _ignored(p.name)}
+def _class_dirs(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    """Class folders of ``root``, and the folder links among its entries (never followed)."""
+    entries = [p for p in sorted(root.iterdir()) if p.is_dir() and not _ignored(p.name)]
+    return {p.name: p for p in entries if not p.is_symlink()}, [p for p in entries if p.is_symlink()]
 
 
-def _walk_class(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files and other files below one class folder, skipping mask and hidden folders."""
+def _walk_class(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Image files, other files (and dangling links) and folder links below one class folder,
+    skipping mask and hidden folders. Folder links are not followed (module doc)."""
     images: list[Path] = []
     others: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _ignored(d)]
+    links: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        links += [Path(dirpath) / d for d in dirnames if (Path(dirpath) / d).is_symlink()]
+        dirnames[:] = [d for d in dirnames if not _ignored(d) and not (Path(dirpath) / d).is_symlink()]
         for fname in filenames:
             if fname.startswith("."):  # .DS_Store and friends: not data
                 continue
             path = Path(dirpath) / fname
+            if not path.is_file():  # a dangling link (os.walk lists links to folders as folders)
+                others.append(path)
+                continue
             (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(path)
-    return sorted(images), sorted(others)
+    return sorted(images), sorted(others), sorted(links)
 
 
 def scan_folders(root: Path, classes: Sequence[str] | None = None) -> FolderScan:
     """List the classes and candidate files of ``root`` (see the module docstring for the rules)."""
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    found = _class_dirs(root)
+    found, linked = _class_dirs(root)
     order = list(classes) if classes is not None else sorted(found)
     names, files, non_images = [], [], []
     for name in order:
         if name not in found:
             continue
-        images, others = _walk_class(found[name])
+        images, others, links = _walk_class(found[name])
         names.append(name)
         files.append(tuple(images))
         non_images.extend(others)
+        linked.extend(links)
     if not names:
         wanted = f" (expected {', '.join(order)})" if classes is not None else ""
         raise DataError(f"{root}: no class folders found{wanted}; expected <root>/<class>/*.png")
@@ -130,6 +147,7 @@ def scan_folders(root: Path, classes: Sequence[str] | None = None) -> FolderScan
         missing=tuple(c for c in order if c not in found),
         unexpected=tuple(sorted(set(found) - set(order))),
         non_images=tuple(non_images),
+        linked_dirs=tuple(linked),
     )
 
 
@@ -177,7 +195,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def read_image(path: Path, size: int, mode: str) -> np.ndarray:
+def read_image(path: Path | io.BytesIO, size: int, mode: str) -> np.ndarray:
     """Decode one file to uint8 ``size``×``size`` (``mode`` "L") or ×3 (``mode`` "RGB")."""
     with Image.open(path) as opened:
         img = ImageOps.exif_transpose(opened)
@@ -260,24 +278,33 @@ def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _convert(scan: FolderScan, name: str, size: int, channels: int | None, ratios: Sequence[float],
-             seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Decode every candidate image; return the MedMNIST-layout arrays (plus extras) and bad files."""
+             seed: int) -> dict[str, np.ndarray]:
+    """Decode every candidate image once per distinct content; the MedMNIST-layout arrays plus
+    extras (class names, corrupt and duplicate files, each row's source file)."""
     mode = "L" if channels == 1 else "RGB"
     jobs = [(path, label) for label, files in enumerate(scan.files) for path in files]
     images: list[np.ndarray] = []
     labels: list[int] = []
     rel: list[str] = []
     corrupt: list[str] = []
+    duplicates: list[str] = []
+    kept: dict[str, str] = {}  # sha256 of the file's bytes -> the kept copy's path
     colour = False
     bar = tqdm(jobs, desc=f"{name}: converting to {size} px", unit="img", file=sys.stderr, leave=False,
                dynamic_ncols=True, disable=True if len(jobs) < PROGRESS_MIN_FILES else None)
     for path, label in bar:
         rel_path = path.relative_to(scan.root).as_posix()
         try:
-            pixels = read_image(path, size, mode)
-        except Exception as exc:  # any decoder failure means "not a readable image": skip, count
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in kept:
+                duplicates.append(f"{rel_path} (= {kept[digest]})")
+                continue
+            pixels = read_image(io.BytesIO(data), size, mode)
+        except Exception as exc:  # any read or decoder failure means "not a readable image": skip, count
             corrupt.append(f"{rel_path} ({type(exc).__name__})")
             continue
+        kept[digest] = rel_path
         if channels is None and not colour:
             colour = _is_colour(pixels)
         images.append(pixels)
@@ -306,7 +333,8 @@ def _convert(scan: FolderScan, name: str, size: int, channels: int | None, ratio
         arrays[f"{split}_files"] = rel_arr[idx]
     arrays["class_names"] = np.asarray(scan.class_names)
     arrays["corrupt_files"] = np.asarray(corrupt, dtype=str)
-    return arrays, corrupt
+    arrays["duplicate_files"] = np.asarray(duplicates, dtype=str)
+    return arrays
 
 
 def _short_list(items: Sequence[str], limit: int = 5) -> str:
@@ -350,17 +378,22 @@ def load_class_folders(
     if scan.unexpected:
         log.warning("medbench: %s: folder(s) %s in %s are not expected classes; ignored",
                     name, ", ".join(scan.unexpected), root)
+    if scan.linked_dirs:
+        log.warning("medbench: %s: %d folder link(s) not followed: %s", name, len(scan.linked_dirs),
+                    _short_list([p.relative_to(root).as_posix() for p in scan.linked_dirs]))
 
     key = cache_key(scan, size, channels, ratios, seed)
     path = _find_cache(cache_root, name, size, key)
-    corrupt: list[str]
     if path is None:
-        arrays, corrupt = _convert(scan, name, size, channels, ratios, seed)
+        arrays = _convert(scan, name, size, channels, ratios, seed)
         path = _cache_path(_writable_cache_dir(cache_root), name, size, key)
         _save_atomic(path, arrays)
-    else:
-        with np.load(path, allow_pickle=False) as npz:
-            corrupt = [str(f) for f in npz["corrupt_files"]] if "corrupt_files" in npz.files else []
+    with np.load(path, allow_pickle=False) as npz:
+        corrupt = [str(f) for f in npz["corrupt_files"]] if "corrupt_files" in npz.files else []
+        duplicates = [str(f) for f in npz["duplicate_files"]] if "duplicate_files" in npz.files else []
+    if duplicates:
+        log.warning("medbench: %s: %d duplicate image(s) dropped before the split (same content as a kept "
+                    "file): %s", name, len(duplicates), _short_list(duplicates))
 
     skipped = [f.relative_to(root).as_posix() for f in scan.non_images] + corrupt
     if skipped:
@@ -378,6 +411,7 @@ def load_class_folders(
             "cache_file": str(path),
             "missing_classes": list(scan.missing),
             "skipped_files": len(skipped),
+            "duplicates_dropped": len(duplicates),
             "split": f"stratified {'/'.join(f'{r:g}' for r in ratios)} seed {seed}",
         },
     )
