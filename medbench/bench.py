@@ -733,8 +733,21 @@ def _text(value: Any) -> str:
 
 def reproject(path: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Recompute the projection of a saved ``.json`` report and rewrite it and its ``.md``."""
-    results = json.loads(path.read_text())
-    results["projection"] = project(results)
+    try:
+        results = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise MedbenchError(f"{path}: cannot read the bench report ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedbenchError(f"{path}: not a bench report (invalid JSON: {exc})") from None
+    needed = ("settings", "eval", "predict", "dc", "mtt", "experts")
+    if not isinstance(results, dict) or any(k not in results for k in needed):
+        raise MedbenchError(f"{path}: not a `medbench bench` JSON report with every section (needs "
+                            f"{', '.join(needed)}); nothing was rewritten")
+    try:
+        results["projection"] = project(results)
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise MedbenchError(f"{path}: cannot project from this report ({type(exc).__name__}: {exc}); "
+                            "nothing was rewritten") from None
     results["settings"]["projection"] = True
     path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     path.with_suffix(".md").write_text(render(results) + "\n")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from medbench.errors import MedbenchError
+
 
 def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """``t`` on ``device``; a CPU -> CUDA copy is queued without a host sync."""
@@ -22,3 +24,17 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MedbenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise MedbenchError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MedbenchError(f"device {name!r} asked for, but CUDA is not available here")
+    return device

@@ -171,6 +171,8 @@ def load_baseline(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict) or not isinstance(document.get("cells"), list):
         raise MedbenchError(f"{path}: not a baseline file (no 'cells' list); write one with medbench baseline")
     for cell in document["cells"]:
+        if not isinstance(cell, dict):
+            raise MedbenchError(f"{path}: not a baseline file (a cell is {type(cell).__name__}, not a mapping)")
         missing = [k for k in (*CELL_KEY, "accuracy_mean", "n_models") if k not in cell]
         if missing:
             raise MedbenchError(f"{path}: a baseline cell lacks {', '.join(missing)}")

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES, is_path_reference
+from medbench.devices import resolve_device  # noqa: F401  (re-exported: the harness resolves devices)
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, compile_options
@@ -72,20 +71,6 @@ class GridSpec:
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or HOST:PORT to join one
     eval_batching: str = "auto"  # how the K eval networks are trained; same numbers, so not part of a cell
     eval_compile: str = "off"  # torch.compile / CUDA graphs for eval training (speed only, like eval_batching)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MedbenchError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type not in ("cpu", "cuda"):
-        raise MedbenchError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or auto")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedbenchError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
 
 
 def _dataset_key(ref: str, size: int | None) -> str:

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from medbench.analysis.correlation import Correlation
+from medbench.errors import DataError
 from medbench.reports.tables import method_order
+from medbench.storage.files import npz_arrays
 
 plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
                      "axes.grid": True, "grid.alpha": 0.25, "figure.dpi": 100})
@@ -132,16 +134,16 @@ def load_images(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     denormalised from ``images_float32`` with the stored ``norm_mean``/``norm_std``.
     """
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            labels = npz["train_labels"].reshape(-1)
-            if "train_images" in npz.files:
-                return npz["train_images"], labels
-            x = npz["images_float32"]  # N, C, H, W normalised
-            mean = npz["norm_mean"].reshape(1, -1, 1, 1)
-            std = npz["norm_std"].reshape(1, -1, 1, 1)
-            x = np.clip((x * std + mean) * 255, 0, 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
-            return (x[..., 0] if x.shape[-1] == 1 else x), labels
-    except (OSError, KeyError, ValueError):
+        npz = npz_arrays(path)
+        labels = npz["train_labels"].reshape(-1)
+        if "train_images" in npz:
+            return npz["train_images"], labels
+        x = npz["images_float32"]  # N, C, H, W normalised
+        mean = npz["norm_mean"].reshape(1, -1, 1, 1)
+        std = npz["norm_std"].reshape(1, -1, 1, 1)
+        x = np.clip((x * std + mean) * 255, 0, 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+        return (x[..., 0] if x.shape[-1] == 1 else x), labels
+    except (DataError, KeyError, ValueError):
         return None
 
 

@@ -31,6 +31,7 @@ from scipy.stats import rankdata
 
 from medbench.data.catalog import DEFAULT_DATA_ROOT
 from medbench.data.splits import Splits
+from medbench.devices import resolve_device
 from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import model_seeds
 from medbench.sharing.export import _finite, check_out_dir
@@ -285,6 +286,7 @@ def audit_cell(db: Path, cell_ref: str, out: Path, *, data_root: Path = DEFAULT_
     """Run the audit of one stored cell and write ``audit.json``, ``audit.md`` and
     ``neighbours.png`` into ``out``; returns the JSON report."""
     settings = settings or AuditSettings()
+    device = str(resolve_device(device))  # an unknown device fails before anything is read or written
     out = check_out_dir(out, force=True)
     with open_store(db) as store:
         cell = resolve_cell(store, cell_ref)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from medbench.errors import MedbenchError
 from medbench.storage.condensed_io import locate_condensed
+from medbench.storage.files import npz_arrays
 from medbench.storage.store import Store
 
 
@@ -76,11 +77,7 @@ def resolve_cell(store: Store, prefix: str) -> StoredCell:
 
 
 def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise MedbenchError(f"{path}: not a readable npz file ({exc})") from None
+    return npz_arrays(path)
 
 
 def class_names(facts: dict[str, Any]) -> list[str]:

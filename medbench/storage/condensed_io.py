@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from medbench.data.splits import denormalize
+from medbench.errors import DataError
 from medbench.method import CondensedSet
+from medbench.storage.files import npz_arrays
 
 
 def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], std: Sequence[float]) -> int:
@@ -47,12 +49,19 @@ def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], s
 
 
 def load_condensed(path: Path) -> CondensedSet:
-    with np.load(path, allow_pickle=False) as npz:
-        labels = torch.from_numpy(npz["soft_labels"]) if "soft_labels" in npz.files else \
-            torch.from_numpy(npz["train_labels"].reshape(-1).astype(np.int64))
-        lr = float(npz["learned_lr"]) if "learned_lr" in npz.files else None
-        extras = {k[len("extra_"):]: torch.from_numpy(npz[k]) for k in npz.files if k.startswith("extra_")}
+    """A stored condensed set; an unreadable or incomplete file is one :class:`DataError` line."""
+    npz = npz_arrays(path)
+    missing = [k for k in ("images_float32", "train_labels") if k not in npz]
+    if missing:
+        raise DataError(f"{path}: not a medbench condensed-set file (no {', '.join(missing)})")
+    labels = torch.from_numpy(npz["soft_labels"]) if "soft_labels" in npz else \
+        torch.from_numpy(npz["train_labels"].reshape(-1).astype(np.int64))
+    lr = float(npz["learned_lr"]) if "learned_lr" in npz else None
+    extras = {k[len("extra_"):]: torch.from_numpy(v) for k, v in npz.items() if k.startswith("extra_")}
+    try:
         return CondensedSet(torch.from_numpy(npz["images_float32"]), labels, lr=lr, extras=extras)
+    except ValueError as exc:
+        raise DataError(f"{path}: inconsistent condensed set ({exc})") from None
 
 
 def locate_condensed(stored: str | None, db: Path) -> Path | None:
