@@ -7,6 +7,7 @@ and only then on test: nothing is ever chosen after the test split has been look
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -74,7 +75,7 @@ class Protocol:
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1 and self.full_epochs >= 1, "epochs must be at least 1")
-        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a finite positive number, got {self.lr}")
         check(self.batch_size >= 1, "batch size must be at least 1")
         check(self.eval_models >= 1, "eval models must be at least 1")
         check(self.width >= 1 and (self.depth is None or self.depth >= 1), "width and depth must be ≥ 1")

@@ -278,7 +278,11 @@ def validate(cells: list[Cell], spec: GridSpec, device: torch.device) -> None:
     class) before anything is written: a bad file or IPC in the last dataset must not leave a
     database, or the first dataset's cells, behind."""
     for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
-        check_ipc(list(group), _load(ref, size, str(spec.data_root), spec.download, str(device)))
+        group = list(group)
+        splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
+        check_ipc(group, splits)
+        for protocol in {c.protocol for c in group}:  # an unknown model or an impossible depth fails here
+            protocol.model_spec().build(splits.channels, splits.num_classes, splits.size)
 
 
 def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:

@@ -94,6 +94,13 @@ class CellRecord:
     models: list[ModelRow] = field(default_factory=list)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long to stat, say
+        return False
+
+
 def _columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
     """table -> column names of every table in an open database."""
     tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -125,7 +132,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise MedbenchError(f"{self.path}: cannot open the results database ({exc})") from None
         except OSError as exc:
-            blocker = next((p for p in self.path.parents if p.is_file()), None)
+            blocker = next((p for p in self.path.parents if _is_file(p)), None)
             reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror
             raise MedbenchError(f"{self.path}: cannot create the results database ({reason})") from None
 
