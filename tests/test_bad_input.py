@@ -244,7 +244,8 @@ CASES: list[tuple[list[str], str]] = [
     # --- run: datasets -------------------------------------------------------------------------
     *[([*RUN, "--datasets", f"{{{name}}}", "--ipc", "1", "--db", "out/r.sqlite"], message) for name, message in [
         ("text.npz", "not an npz file"), ("nokeys.npz", "missing key(s)"), ("float_labels.npz", "dtype float32"),
-        ("huge_label.npz", "have no training images"), ("negative_label.npz", "labels"), ("float_images.npz", "dtype float32"),
+        ("huge_label.npz", "have no training images"), ("negative_label.npz", "labels"),
+        ("float_images.npz", "dtype float32"),
         ("flat_images.npz", "images"), ("nonsquare.npz", "square"), ("short_labels.npz", "images but"),
         ("empty_class.npz", "class"), ("wide_labels.npz", "labels"), ("four_channels.npz", "images"),
         ("empty_folder", "no class folders"), ("no_images_folder", "no readable"),
