@@ -1,6 +1,7 @@
 """Built-in distillation methods; importing a module registers its method."""
 
 from medbench.methods import (  # noqa: F401
+    coresets,
     dc,
     dm,
     full,
