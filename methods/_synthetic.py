@@ -12,6 +12,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.errors import CellFailed, MedbenchError
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask
+from medbench.storage.files import atomic_open
 from medbench.training import Augment, candidate_accuracy
 
 INITS = ("real", "noise")
@@ -193,14 +195,8 @@ def _save(path: os.PathLike | None, fingerprint: dict, state: _State) -> None:
     payload = {"fingerprint": fingerprint, **dataclasses.asdict(state)}
     payload["images"] = state.images.detach().cpu()
     payload["best_images"] = state.best_images.detach().cpu()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(Path(path)) as fh:  # a crash mid-write leaves the previous checkpoint intact
+        torch.save(payload, fh)
 
 
 def _load(path: os.PathLike | None, fingerprint: dict, device: torch.device) -> _State | None:

@@ -51,7 +51,6 @@ import logging
 import os
 import re
 import sys
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -65,6 +64,7 @@ from medbench.data.catalog import LoadRequest, register_dataset
 from medbench.data.npz import SPLITS, splits_from_npz
 from medbench.data.splits import Splits
 from medbench.errors import DataError, MedbenchError
+from medbench.storage.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -265,16 +265,8 @@ def _find_cache(cache_root: Path, name: str, size: int, key: str) -> Path | None
 
 def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write to a temporary file beside ``path`` and rename, so a killed run leaves no half file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # "x": a fresh file with the umask's permissions
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def _convert(scan: FolderScan, name: str, size: int, channels: int | None, ratios: Sequence[float],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from medbench.data.splits import denormalize
 from medbench.errors import DataError
 from medbench.method import CondensedSet
-from medbench.storage.files import npz_arrays
+from medbench.storage.files import atomic_open, npz_arrays
 
 
 def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], std: Sequence[float]) -> int:
@@ -37,14 +36,8 @@ def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], s
     for name, tensor in condensed.extras.items():
         arrays[f"extra_{name}"] = tensor.detach().cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process: concurrent runs never collide
-    try:
-        with open(tmp, "wb") as fh:  # a file handle stops numpy appending a second ".npz"
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no partial file behind
-        raise
+    with atomic_open(path) as fh:  # a file handle stops numpy appending a second ".npz"
+        np.savez_compressed(fh, **arrays)
     return path.stat().st_size
 
 

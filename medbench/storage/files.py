@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from medbench.errors import DataError
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so a reader (or a crash) never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """A binary file handle whose content appears at ``path`` only once the block ends: written to a
+    temporary name unique to the process (concurrent writers never collide), fsynced, renamed. A
+    failure or an interrupt (a full disk, Ctrl-C) removes the temporary file and leaves ``path`` as
+    it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
+        with open(tmp, "xb") as fh:  # "x": a fresh file with the umask's permissions
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so a reader (or a crash) never sees a half-written file."""
+    with atomic_open(path) as fh:
+        fh.write(payload)
 
 
 def sha256_file(path: Path) -> str:
