@@ -167,7 +167,7 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step,
             if not bool(torch.isfinite(losses).all() & torch.isfinite(images).all()):
                 # Never keep an earlier checkpoint (or the real initialisation) as a finished result.
                 bad = int(torch.nonzero(~torch.isfinite(losses))[0]) if not torch.isfinite(losses).all() else None
-                where = f"iteration {done - len(window) + bad}" if bad is not None else f"by iteration {done}"
+                where = f"iteration {done - len(window) + bad + 1}" if bad is not None else f"by iteration {done}"
                 raise CellFailed(f"{name} diverged at {where} (non-finite matching loss or images; "
                                  f"lr_img {params.lr_img:g})")
             acc = evaluate(images)

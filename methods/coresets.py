@@ -76,10 +76,12 @@ def kcenter_order(features: torch.Tensor, k: int) -> list[int]:
     first = int((features - features.mean(0)).norm(dim=1).argmin())
     chosen = [first]
     nearest = (features - features[first]).norm(dim=1)
+    nearest[first] = -1.0  # never picked again, even among identical rows (distance 0 everywhere)
     while len(chosen) < k:
         pick = int(nearest.argmax())
         chosen.append(pick)
         nearest = torch.minimum(nearest, (features - features[pick]).norm(dim=1))
+        nearest[chosen] = -1.0
     return chosen
 
 

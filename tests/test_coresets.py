@@ -71,3 +71,8 @@ def test_coreset_methods_select_real_images_deterministically(name):
     assert torch.allclose(first.images, splits.normalize(splits.train.images[idx]))
     with pytest.raises(MedbenchError, match="embed_lr must be positive"):
         method.make_params({"embed_lr": 0})
+
+
+def test_kcenter_never_picks_an_image_twice_among_identical_rows():
+    rows = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    assert sorted(kcenter_order(rows, 4)) == [0, 1, 2, 3] and len(set(kcenter_order(rows, 3))) == 3

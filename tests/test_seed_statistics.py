@@ -104,3 +104,19 @@ def test_the_same_cells_under_two_protocols_stand_side_by_side(tmp_path):
     assert row["method"] == "random" and row["difference (pp)"] == "+4.0"
     assert [c for c in table.columns if c.endswith("%")] == ["dc · pdc %",
                                                               "dsa (changed: epochs 300) · pdsa %"]
+
+
+def test_the_matched_baseline_stands_beside_plain_random(tmp_path):
+    """random with candidates=3 (best of 3 subsets on val) is named apart and compared with the plain
+    random baseline, which keeps its name."""
+    recs = []
+    for seed, (plain, best) in enumerate([(0.50, 0.56), (0.55, 0.60), (0.52, 0.58)]):
+        recs.append(record("random", "a", 10, [plain], seed=seed, params={"candidates": 1, "eval_epochs": 300,
+                                                                           "eval_lr": 0.01, "augment": False}))
+        recs.append(record("random", "a", 10, [best], seed=seed, params={"candidates": 3, "eval_epochs": 300,
+                                                                          "eval_lr": 0.01, "augment": False}))
+    with Store(store_with(tmp_path / "m.sqlite", recs)) as store:
+        per_seed = seed_means(metric_values(store))
+    assert set(per_seed.method) == {"random", "random (candidates=3)"}
+    [row] = gains(per_seed).itertuples()
+    assert row.method == "random (candidates=3)" and row.gain == pytest.approx(0.0567, abs=1e-3)

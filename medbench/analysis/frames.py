@@ -10,7 +10,10 @@ import json
 
 import pandas as pd
 
+from medbench.errors import MedbenchError
 from medbench.evaluation.protocols import changed_fields
+from medbench.hparams import as_dict
+from medbench.method import get_method
 from medbench.storage.store import Store
 
 KEY = ["protocol_id", "dataset", "size", "method", "ipc"]
@@ -28,7 +31,9 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     """cell_id -> the method's name in tables. The plain name, unless cells of the method that a
     table would pool (same protocol, dataset, size and IPC) were run with different parameters:
     then every cell of that method is named with those parameters, e.g. ``mtt (iterations=100)``,
-    so two configurations are never passed off as repeated runs of one."""
+    so two configurations are never passed off as repeated runs of one. A configuration equal to the
+    method's defaults keeps the plain name (so ``random`` stays the baseline beside
+    ``random (candidates=5)``)."""
     params = {cid: json.loads(config).get("params") or {}
               for cid, config in zip(cells.cell_id, cells.config, strict=True)}
     names = dict(zip(cells.cell_id, cells.method, strict=True))
@@ -40,9 +45,24 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
                 if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1:
                     varying.add(key)
         if varying:
+            defaults = _defaults(str(method))
             for cid in group.cell_id:
+                if defaults is not None and all(_same(params[cid].get(k), defaults.get(k)) for k in varying):
+                    continue
                 names[cid] = f"{method} ({', '.join(f'{k}={params[cid].get(k)}' for k in sorted(varying))})"
     return names
+
+
+def _same(a: object, b: object) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _defaults(method: str) -> dict | None:
+    """The registered method's default parameters (None for a method not installed here)."""
+    try:
+        return json.loads(json.dumps(as_dict(get_method(method).make_params()), default=str))
+    except MedbenchError:
+        return None
 
 
 def base_method(name: str) -> str:

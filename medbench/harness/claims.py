@@ -7,12 +7,19 @@ and the cell is not stored (or was stored by another process after this run bega
 its claims' heartbeats from a background thread, and the claim goes in the same transaction as
 the cell's result. A claim whose heartbeat is older than ``ttl`` belongs to a dead process (killed,
 machine lost) and is taken over; on the same machine a claim whose process is gone is taken over
-at once (a run killed with SIGKILL and restarted does not wait). One race is left: with
-``--retry-failed``, two processes that start within the same second can both retry a failed cell.
+at once (a run killed with SIGKILL and restarted does not wait).
+
+Limits: with ``--retry-failed``, two processes that start within the same second can both retry a
+failed cell; containers that share a hostname but not their process ids must not share a
+database (a live claim could look dead); expiry compares clocks across machines, so they should
+be synchronised; and SQLite's locking needs a filesystem with working POSIX locks (local disks,
+most cluster filesystems; not every NFS setup). Each process builds the expert buffers its cells
+need before claiming; two processes starting together may both build one (same content).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -22,6 +29,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from medbench.errors import MedbenchError
 from medbench.storage.store import CLAIMS as SCHEMA
 
 TTL_SECONDS = 120.0
@@ -48,12 +56,23 @@ class Claims:
         self._stop.set()
         self._thread.join()
         with self._lock:
-            self._conn.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
-            self._conn.close()
+            try:
+                self._conn.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+            except sqlite3.Error:
+                pass  # the claims expire on their own (ttl); never mask the error or interrupt in flight
+            finally:
+                self._conn.close()
 
     def take(self, cell_id: str, skip: set[str]) -> bool:
         """Claim ``cell_id`` unless it is stored with a status in ``skip``, was stored by another
         process since this run began, or is claimed by a live process."""
+        try:
+            return self._take(cell_id, skip)
+        except sqlite3.Error as exc:
+            raise MedbenchError(f"cannot claim a cell in the results database ({exc}); is another program "
+                                "holding it locked? Cells stored so far are kept") from None
+
+    def _take(self, cell_id: str, skip: set[str]) -> bool:
         now = time.time()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -83,7 +102,8 @@ class Claims:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.beat):
-            with self._lock:
+            # busy now: the next beat (well within ttl) tries again
+            with self._lock, contextlib.suppress(sqlite3.Error):
                 self._conn.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), self.owner))
 
 

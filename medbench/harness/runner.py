@@ -273,13 +273,13 @@ def _outcomes(cells: Iterable[Cell], spec: GridSpec, device: torch.device, progr
     return _run_local(cells, spec, device, progress)
 
 
-def validate(cells: list[Cell], spec: GridSpec, device: torch.device) -> None:
-    """Load every dataset of the grid and check every cell against it (IPC within the smallest
-    class) before anything is written: a bad file or IPC in the last dataset must not leave a
-    database, or the first dataset's cells, behind."""
+def validate(cells: list[Cell], spec: GridSpec) -> None:
+    """Load every dataset of the cells still to run (on the CPU) and check every cell against it
+    (IPC within the smallest class, a network that builds) before anything is written: a bad file
+    or IPC in the last dataset must not leave a database, or the first dataset's cells, behind."""
     for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
         group = list(group)
-        splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
+        splits = _load(ref, size, str(spec.data_root), spec.download, "cpu")
         check_ipc(group, splits)
         for protocol in {c.protocol for c in group}:  # an unknown model or an impossible depth fails here
             protocol.model_spec().build(splits.channels, splits.num_classes, splits.size)
@@ -291,9 +291,13 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     device = resolve_device(spec.device)
     db = Path(spec.db)
     spec = dataclasses.replace(spec, db=db)
-    validate(cells, spec, device)
+    skip = {"done"} if spec.retry_failed else {"done", "failed"}
+    if db.exists():  # read-only: a foreign file is refused here, and nothing is created yet
+        with Store(db, readonly=True) as existing:
+            validate([c for c in cells if existing.status(c.cell_id) not in skip], spec)
+    else:
+        validate(cells, spec)
     with Store(db) as store, Claims(db) as claims:
-        skip = {"done"} if spec.retry_failed else {"done", "failed"}
         pending = [c for c in cells if store.status(c.cell_id) not in skip]
         # Taken one at a time as they are started: another process on this database takes the others.
         claimed = (c for c in pending if claims.take(c.cell_id, skip))

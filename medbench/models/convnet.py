@@ -50,11 +50,11 @@ class ConvNet(nn.Module):
         depth = default_depth(size) if depth is None else depth
         if depth < 1 or width < 1:
             raise MedbenchError(f"ConvNet needs depth ≥ 1 and width ≥ 1, got depth={depth} width={width}")
-        if size >> depth < 1:
+        first_pad = 3 if size == 28 else 1  # 28 px runs as the official 32 px network (module doc)
+        if (size + 2 * first_pad - 2) >> depth < 1:
             raise MedbenchError(f"ConvNet depth {depth} pools a {size} px image below one pixel")
         blocks: list[nn.Module] = []
         in_channels = channels
-        first_pad = 3 if size == 28 else 1  # 28 px runs as the official 32 px network (module doc)
         for d in range(depth):
             blocks += [nn.Conv2d(in_channels, width, 3, padding=first_pad if d == 0 else 1), _norm(norm, width),
                        nn.ReLU(), nn.AvgPool2d(2)]

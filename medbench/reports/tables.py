@@ -103,14 +103,17 @@ def selections(store: Store) -> dict[tuple, str]:
 
 @dataclass
 class Comparisons:
-    """Seed-level comparisons of one protocol: gains over random, ranks, checkpoint choices."""
+    """Seed-level comparisons (every protocol; looked up per protocol): gains over random, ranks,
+    checkpoint choices."""
 
     gains: pd.DataFrame  # medbench.analysis.seeds.gains
     ranks: pd.DataFrame  # medbench.analysis.seeds.ranks
     chosen: dict[tuple, str]
 
-    def lookup(self, frame: pd.DataFrame, dataset: str, size: object, method: str, ipc: int) -> pd.Series | None:
-        hit = frame[(frame.dataset == dataset) & (frame.method == method) & (frame.ipc == ipc)
+    def lookup(self, frame: pd.DataFrame, protocol_id: str, dataset: str, size: object, method: str,
+               ipc: int) -> pd.Series | None:
+        hit = frame[(frame.protocol_id == protocol_id) & (frame.dataset == dataset) & (frame.method == method)
+                    & (frame.ipc == ipc)
                     & ((frame["size"] == size) if not pd.isna(size) else frame["size"].isna())]
         return None if hit.empty else hit.iloc[0]
 
@@ -169,8 +172,8 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
               & ((agg["size"] == size) if not pd.isna(size) else agg["size"].isna())]
     acc = sub[sub.metric == "accuracy"].set_index(["method", "ipc"])
     bal = sub[sub.metric == "balanced_accuracy"].set_index(["method", "ipc"])
-    comparisons = comparisons or Comparisons(pd.DataFrame(columns=["dataset", "size", "method", "ipc"]),
-                                             pd.DataFrame(columns=["dataset", "size", "method", "ipc"]), {})
+    empty = pd.DataFrame(columns=["protocol_id", "dataset", "size", "method", "ipc"])
+    comparisons = comparisons or Comparisons(empty, empty, {})
     columns = ["IPC", "images", "ratio", "method", ACC, BAL, GAIN, "p", "rank", "beats", "chosen (val)",
                "seeds × networks"]
     rows: list[dict[str, str]] = []
@@ -183,8 +186,8 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
         for m in group:
             a = acc.loc[(m, ipc)]
             b = bal.loc[(m, ipc)] if (m, ipc) in bal.index else None
-            gain, p = _gain_text(comparisons.lookup(comparisons.gains, dataset, size, m, ipc))
-            rank = comparisons.lookup(comparisons.ranks, dataset, size, m, ipc)
+            gain, p = _gain_text(comparisons.lookup(comparisons.gains, protocol_id, dataset, size, m, ipc))
+            rank = comparisons.lookup(comparisons.ranks, protocol_id, dataset, size, m, ipc)
             size_key = None if pd.isna(size) else int(size)
             rows.append({"IPC": str(ipc), "images": f"{a['images']:.0f}",
                          "ratio": f"{100 * a['ratio']:.3g} %" if np.isfinite(a["ratio"]) else "—", "method": m,

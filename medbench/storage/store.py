@@ -129,7 +129,11 @@ class Store:
                 self._conn = sqlite3.connect(self.path, timeout=30)
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._check_schema(create=not readonly)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, MedbenchError) as exc:
+            if hasattr(self, "_conn"):
+                self._conn.close()
+            if isinstance(exc, MedbenchError):
+                raise
             raise MedbenchError(f"{self.path}: cannot open the results database ({exc})") from None
         except OSError as exc:
             blocker = next((p for p in self.path.parents if _is_file(p)), None)
