@@ -187,3 +187,13 @@ def test_correlate_cli_prints_the_table_and_rejects_bad_input(tmp_path, capsys):
     assert main(["correlate", "--db", str(db), "--predict", "0.5"]) == 2
     assert "--predict needs --method and --ipc" in capsys.readouterr().err
     assert main(["correlate", "--db", str(tmp_path / "none.sqlite")]) == 2
+
+
+def test_spearman_p_is_exact_for_few_datasets():
+    from medbench.analysis.correlation import spearman_exact
+
+    # 3 datasets in the same order: 2 of the 3! orderings reach |ρ| = 1, so p = 1/3 (scipy's t approximation: ~0)
+    assert spearman_exact(np.array([0.1, 0.2, 0.3]), np.array([0.4, 0.5, 0.9])) == pytest.approx((1.0, 1 / 3))
+    # 5 datasets, ρ = 0.9 (one adjacent swap): |ρ| ≥ 0.9 for 1 + 4 orderings at each end: p = 10/120
+    rho, p = spearman_exact(np.array([1.0, 2, 3, 4, 5]), np.array([2.0, 3, 5, 4, 6]))
+    assert rho == pytest.approx(0.9) and p == pytest.approx(10 / 120)
