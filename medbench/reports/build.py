@@ -139,9 +139,8 @@ ACC_NOTE = ("Test accuracy and balanced accuracy in %: mean ± std across seeds 
             "(val): the checkpoint validation accuracy chose, per seed, and how many it chose among; '(init)' "
             "means the untouched real initialisation was kept.")
 CORR_NOTE = ("One point per dataset: (random-subset accuracy, distilled accuracy) under the same protocol, "
-             "dataset, size and IPC. r: Pearson, with a bootstrap 95 % CI over datasets; ρ: Spearman (exact permutation "
-             "p-value up to 8 datasets); the line is "
-             "least squares (slope, intercept, R²).")
+             "dataset, size and IPC. r: Pearson, with a bootstrap 95 % CI over datasets; ρ: Spearman (exact "
+             "permutation p-value up to 8 datasets); the line is least squares (slope, intercept, R²).")
 GAIN_NOTE = ("Gain = distilled − random accuracy in percentage points: the mean of the paired per-seed differences, "
              f"± its standard error, with the 95 % t-interval over seeds and the {TEST_NAME}.")
 
