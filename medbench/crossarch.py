@@ -96,7 +96,7 @@ def run_crossarch(db: Path, archs: Sequence[str], *, cells: str | None = None, m
     dev = resolve_device(device)
     targets: list[str] = []
     splits_cache: dict[tuple, Any] = {}
-    with open_store(db) as store:
+    with open_store(db, readonly=False) as store:  # adds the cross-architecture cells
         sources = source_cells(store, cells=cells, methods=methods)
         if not sources:
             raise MedbenchError(f"{db}: no done cell with a condensed set matches the selection")

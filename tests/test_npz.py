@@ -65,7 +65,7 @@ def test_labels_above_medmnist_class_count_are_rejected(tmp_path):
 def test_not_a_zip_and_missing_file(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match="not a readable npz"):
+    with pytest.raises(DataError, match="not an npz file"):
         load_dataset(str(junk))
     with pytest.raises(DataError, match="file not found"):
         load_dataset(str(tmp_path / "absent.npz"))

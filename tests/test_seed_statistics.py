@@ -101,7 +101,7 @@ def test_the_same_cells_under_two_protocols_stand_side_by_side(tmp_path):
     with Store(store_with(tmp_path / "p.sqlite", recs)) as store:
         table = protocols_table(store)
     [row] = table.rows
-    assert row["method"] == "random" and row["difference (pp)"] == "+4.0"
+    assert row["method"] == "random" and row["right − left (pp)"] == "+4.0"
     assert [c for c in table.columns if c.endswith("%")] == ["dc · pdc %",
                                                               "dsa (changed: epochs 300) · pdsa %"]
 

@@ -285,6 +285,13 @@ def validate(cells: list[Cell], spec: GridSpec) -> None:
             protocol.model_spec().build(splits.channels, splits.num_classes, splits.size)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long: Store explains it in one line
+        return False
+
+
 def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     """Run every pending cell of ``spec`` and return the summary of all its cells."""
     cells = expand(spec)
@@ -292,7 +299,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     db = Path(spec.db)
     spec = dataclasses.replace(spec, db=db)
     skip = {"done"} if spec.retry_failed else {"done", "failed"}
-    if db.exists():  # read-only: a foreign file is refused here, and nothing is created yet
+    if _exists(db):  # read-only: a foreign file is refused here, and nothing is created yet
         with Store(db, readonly=True) as existing:
             validate([c for c in cells if existing.status(c.cell_id) not in skip], spec)
     else:

@@ -243,7 +243,8 @@ def protocol_comparison(agg: pd.DataFrame, names: dict[str, str]) -> Table | Non
         return None
     pids = list(dict.fromkeys(acc.protocol_id))
     columns = ["dataset", "IPC", "method", *[f"{names.get(p, p)} %" for p in pids]]
-    columns += ["difference (pp)"] if len(pids) == 2 else []
+    difference = "right − left (pp)"
+    columns += [difference] if len(pids) == 2 else []
     order = {m: i for i, m in enumerate(method_order(list(acc.method)))}
     rows = []
     for (dataset, size, ipc), group in acc.groupby(["dataset", "size", "ipc"], dropna=False, sort=False):
@@ -253,7 +254,7 @@ def protocol_comparison(agg: pd.DataFrame, names: dict[str, str]) -> Table | Non
                    "IPC": str(ipc), "method": method}
             row.update({f"{names.get(p, p)} %": _spread(sub.loc[p]) if p in sub.index else "—" for p in pids})
             if len(pids) == 2 and all(p in sub.index for p in pids):
-                row["difference (pp)"] = f"{100 * (sub.loc[pids[1], 'mean'] - sub.loc[pids[0], 'mean']):+.1f}"
+                row[difference] = f"{100 * (sub.loc[pids[1], 'mean'] - sub.loc[pids[0], 'mean']):+.1f}"
             rows.append(row)
     table = Table("The same cells under different evaluation protocols", columns, rows)
     table.notes.append("Test accuracy, mean ± std across seeds; each column is one protocol (its settings are in its "

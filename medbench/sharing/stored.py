@@ -40,9 +40,11 @@ class StoredCell:
         return self.condensed_path
 
 
-def open_store(db: Path) -> Store:
+def open_store(db: Path, *, readonly: bool = True) -> Store:
     """Open an existing results database (never create an empty one by mistake)."""
-    return Store(db, readonly=True)
+    if not Path(db).is_file():  # never create an empty database by mistake, even to write into
+        raise MedbenchError(f"{db}: no results database here (run `medbench run` first or pass --db)")
+    return Store(db, readonly=readonly)
 
 
 def _condensed_file(db: Path, row: pd.Series) -> Path | None:
