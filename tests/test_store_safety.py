@@ -101,3 +101,13 @@ def _toy(tmp_path):
     from conftest import make_arrays, write_npz
 
     return write_npz(tmp_path / "toy.npz", make_arrays())
+
+
+def test_an_empty_file_is_a_new_database(tmp_path, toy_npz):
+    """Older versions left an empty database file behind on bad input; it must not block a run."""
+    db = tmp_path / "r.sqlite"
+    db.touch()
+    assert main(["run", "--datasets", str(toy_npz), "--ipc", "1", "--seeds", "0", "--width", "4", "--epochs", "1",
+                 "--eval-models", "1", "--db", str(db), "--no-progress"]) == 0
+    with Store(db, readonly=True) as store:
+        assert list(store.cells().status) == ["done"]

@@ -285,9 +285,10 @@ def validate(cells: list[Cell], spec: GridSpec) -> None:
             protocol.model_spec().build(splits.channels, splits.num_classes, splits.size)
 
 
-def _exists(path: Path) -> bool:
+def _has_content(path: Path) -> bool:
+    """An existing, non-empty file (an empty one, e.g. left by an old version, is a new database)."""
     try:
-        return path.exists()
+        return path.is_file() and path.stat().st_size > 0
     except OSError:  # e.g. a name too long: Store explains it in one line
         return False
 
@@ -299,7 +300,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     db = Path(spec.db)
     spec = dataclasses.replace(spec, db=db)
     skip = {"done"} if spec.retry_failed else {"done", "failed"}
-    if _exists(db):  # read-only: a foreign file is refused here, and nothing is created yet
+    if _has_content(db):  # read-only: a foreign file is refused here, and nothing is created yet
         with Store(db, readonly=True) as existing:
             validate([c for c in cells if existing.status(c.cell_id) not in skip], spec)
     else:
