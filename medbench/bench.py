@@ -413,7 +413,7 @@ def project(results: dict[str, Any], k: int = 5, ipcs: tuple[int, ...] = (1, 10,
     ignored): one evaluation network's SGD step costs ``a + b·images`` (fitted per network from
     the auto trainer at K = 5, IPC 1 and 10); a DC outer step scales with classes and linearly
     in IPC; an MTT iteration linearly in the synthetic images; scoring at the measured images/s.
-    Method settings are the reference defaults (DC 1000 iterations, checkpoint every 100; MTT
+    Method settings are the official defaults (DC 1000 iterations, checkpoint every 100; MTT
     5000 iterations, checkpoint every 500, buffer 100 experts × 50 epochs; eval 300 epochs, i.e. the
     `dc` protocol: the default `dsa` protocol trains 1000 epochs, about 3.3× the evaluation time).
     """

@@ -2,7 +2,8 @@
 
 A method is a function ``(task: DistillTask, params: P) -> CondensedSet`` registered with
 ``@register_method("name", params=P)``, where ``P`` is a dataclass of its hyper-parameters with
-the reference defaults. Methods never see the test split.
+its defaults (the official code's values where one exists; the docstring names any difference).
+Methods never see the test split.
 """
 
 from __future__ import annotations

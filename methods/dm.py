@@ -30,7 +30,7 @@ class DMParams:
     batch_real: int = 256
     init: str = "real"
     augment: bool = True  # siamese augmentation, as the reference (dsa=True)
-    eval_every: int = 2000  # the reference's evaluation pool: every 2000 iterations
+    eval_every: int = 2000  # the official main_DM.py evaluates every 2000 iterations
     eval_epochs: int = 300
     eval_lr: float = 0.01
 

@@ -352,7 +352,7 @@ def _val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor,
     """Score a checkpoint: a quickly trained network on the set, evaluated on val (never test).
 
     Trained as the protocol trains (SGD 0.9, wd 5e-4, lr step at half) with the learned lr and,
-    as the reference's evaluation, DSA when the method uses it."""
+    as the official evaluation, DSA when the method uses it."""
     seed = derived_seed(task.seed, iteration, 0x7A1)
     model = build_seeded(task.model, task.channels, task.num_classes, task.size, seed, task.device)
 
