@@ -219,9 +219,9 @@ header h1{margin:0 0 4px;font-size:24px;font-weight:600}
 header p{margin:0;color:#c6d0e3}
 nav{padding:8px 40px;background:#fff;border-bottom:1px solid var(--line);position:sticky;top:0;z-index:2}
 nav a{margin-right:18px;color:var(--accent);text-decoration:none;font-weight:500}
-main{max-width:1200px;margin:0 auto;padding:10px 40px 60px}
+main{max-width:1480px;margin:0 auto;padding:10px 40px 60px}
 section.protocol{background:#fff;border:1px solid var(--line);border-radius:10px;padding:6px 26px 22px;
-margin:22px 0;box-shadow:0 1px 3px rgba(20,30,60,.05)}
+margin:22px 0;box-shadow:0 1px 3px rgba(20,30,60,.05);overflow-x:auto}
 h2{font-size:20px;margin:18px 0 6px}
 h3{font-size:16px;margin:26px 0 6px;padding-top:8px;border-top:1px solid var(--line)}
 h4{font-size:14px;margin:18px 0 4px}
@@ -288,7 +288,8 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int,
         out.append("</section>")
         parts.append("".join(out))
     warning = ('<p class="warning">These results were made under several evaluation protocols. Each has its own '
-               "section; numbers are never compared across sections.</p>") if len(sections) > 1 else ""
+               "section; numbers are never compared across sections, except in the table of the same cells "
+               "under different protocols, which shows what the protocol changes.</p>") if len(sections) > 1 else ""
     nav = "".join(f'<a href="#p{i}">{s.protocol_id}</a>' for i, s in enumerate(sections, 1))
     when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>medbench report</title>"
