@@ -320,8 +320,7 @@ def bench_dm(s: Settings, device: torch.device, log: Callable[[str], None]) -> l
 def mtt_child(settings: dict[str, Any]) -> dict[str, Any]:
     """One MTT matching iteration (exact recompute gradient, DSA) in *this* process: time of the
     second of two iterations, and peak memory above what was allocated before the first."""
-    from medbench.experts import FlatParams, build_seeded
-    from medbench.methods.mtt import IMPLEMENTATIONS, plan_unroll
+    from medbench.methods.trajectory import IMPLEMENTATIONS, FlatParams, build_seeded, plan_unroll
 
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["settings"].items()})
     device = torch.device(settings["device"])
@@ -376,7 +375,7 @@ def bench_mtt(s: Settings, device: torch.device, log: Callable[[str], None]) -> 
 
 def bench_experts(s: Settings, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     """Expert-buffer training: one expert on generated data, its recorded training seconds."""
-    from medbench.experts import ExpertConfig, build_buffer
+    from medbench.methods.trajectory import ExpertConfig, build_buffer
 
     splits = _splits(s, s.expert_images, device)
     config = ExpertConfig(num_experts=1, epochs=s.expert_epochs)

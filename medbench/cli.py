@@ -312,8 +312,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from medbench.data.catalog import load_dataset
-    from medbench.experts import build_buffer, resolve_root
     from medbench.harness.grid import resolve_device
+    from medbench.methods.trajectory import build_buffer, resolve_root
 
     method = get_method("mtt")
     values = parse_method_args(args.method_args, ["mtt"]).get("mtt", {})

@@ -7,32 +7,9 @@ on mini-batches of the (augmented) synthetic images with a learnable step size `
 
 is back-propagated through all ``J`` steps to the images and to ``α``.
 
-Two implementations of that gradient (``implementation=``):
-
-* ``unrolled``: the reference: one autograd graph through all ``J`` steps; memory grows with ``J``.
-* ``tesla`` (default): the *exact* same gradient with activation memory independent of ``J``.
-  The forward pass keeps no graph. The backward pass runs the adjoint recursion of the unroll
-  ``θ_{j+1} = θ_j − α g_j(θ_j, X_j)`` in reverse, one step at a time, rebuilding only that step's
-  graph::
-
-      λ_J = ∂L/∂θ_J = 2 (θ_J − θ*) / ‖θ_i − θ*‖²
-      ∂L/∂X_j += −α (∂g_j/∂X_j)ᵀ λ_{j+1}       (vector-Jacobian product to the batch images)
-      ∂L/∂α  += −g_jᵀ λ_{j+1}
-      λ_j     = λ_{j+1} − α H_j λ_{j+1}          (H_j = ∂g_j/∂θ_j, a Hessian-vector product)
-
-  One double-backward graph exists at a time. The ``θ_j`` it needs are recomputed from
-  parameter-vector checkpoints every ``checkpoint_every`` steps (default ``⌈√J⌉``: O(√J)
-  parameter vectors, a few MB, and one extra first-order pass over the unroll).
-
-  This is exact (equal to ``unrolled`` up to floating-point rounding; the tests check it in
-  float64). TESLA (Cui et al., ICML 2023) as published is *not*: its code differentiates
-  ``(θ_J − θ*)ᵀ g_j`` w.r.t. ``X_j`` at a fixed ``θ_j`` and the loss w.r.t. ``α`` at fixed
-  ``g_j``, i.e. it uses ``λ_J`` for every step and drops the ``−α H_j λ`` terms through which an
-  early batch changes every later ``θ``. That is exact only for a loss linear in ``θ``
-  (``H = 0``) and otherwise an O(α·‖H‖) approximation. The name ``tesla`` is kept for the
-  memory idea (recompute per step, accumulate per-batch image gradients); the adjoint makes it
-  exact at the price of one Hessian-vector product per step, which the same double-backward
-  pass delivers together with the image VJP.
+The unroll and its exact constant-memory gradient (``implementation=tesla``, default, or
+``unrolled``) and the expert buffer are the trajectory-matching family's shared machinery:
+:mod:`medbench.methods.trajectory`.
 """
 
 from __future__ import annotations
@@ -47,13 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-
-from medbench.data.splits import Splits
-from medbench.devices import to_device
-from medbench.errors import CellFailed, MedbenchError
-from medbench.experts import (
+from medbench.methods.trajectory import (
+    IMPLEMENTATIONS,
     ExpertBuffer,
     ExpertConfig,
     FlatParams,
@@ -61,13 +33,20 @@ from medbench.experts import (
     build_seeded,
     derived_seed,
     make_augment,
+    plan_unroll,
     resolve_root,
 )
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from medbench.data.splits import Splits
+from medbench.devices import to_device
+from medbench.errors import CellFailed, MedbenchError
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
 from medbench.models import ModelSpec
 from medbench.storage.files import atomic_write_bytes
-from medbench.training import candidate_accuracy, loss_fn
+from medbench.training import candidate_accuracy
 from medbench.whitening import ZCA
 
 STATE_FILE = "mtt_state.safetensors"
@@ -145,122 +124,6 @@ class MTTParams:
         return ExpertConfig(num_experts=self.num_experts, epochs=self.buffer_epochs, lr=self.lr_teacher,
                             batch_size=self.batch_train, augment=self.augment, zca=self.zca,
                             dtype=self.expert_dtype, seed=self.expert_seed)
-
-
-# --- one unroll: plan, loss, gradients -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    """What student step ``j`` uses, drawn before the unroll so both implementations agree."""
-
-    indices: torch.Tensor  # into the synthetic set
-    augment: Any | None  # augmentation parameters, or None
-
-
-def plan_unroll(n: int, batch: int, steps: int, generator: torch.Generator,
-                augment: Any | None = None, images: torch.Tensor | None = None) -> list[Step]:
-    """Mini-batches cycling through fresh permutations (as the reference) and per-image DSA draws.
-
-    Drawn on the CPU and, when ``images`` is given, queued to its device here, before the unroll,
-    so no student step waits on a host copy."""
-    plan: list[Step] = []
-    chunks: list[torch.Tensor] = []
-    for _ in range(steps):
-        if not chunks:
-            chunks = list(torch.randperm(n, generator=generator).split(batch))
-        idx = chunks.pop(0)
-        params = None
-        if augment is not None and images is not None:
-            params = augment.sample(images[: len(idx)], generator, n=len(idx)).to(images.device, images.dtype)
-        plan.append(Step(idx if images is None else to_device(idx, images.device), params))
-    return plan
-
-
-@dataclass(frozen=True)
-class Match:
-    loss: torch.Tensor  # 0-dim, on the device: reading it is a host sync, left to the caller
-    grad_images: torch.Tensor
-    grad_lr: torch.Tensor
-
-
-def _batch(images: torch.Tensor, step: Step, augment: Any | None) -> torch.Tensor:
-    x = images[step.indices.to(images.device)]
-    return augment.apply(x, step.augment) if step.augment is not None else x
-
-
-def _step_grad(net: FlatParams, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-               create_graph: bool) -> torch.Tensor:
-    return torch.autograd.grad(loss_fn(net(theta, x), y), theta, create_graph=create_graph)[0]
-
-
-def match_unrolled(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-                   start: torch.Tensor, target: torch.Tensor, plan: list[Step],
-                   augment: Any | None = None) -> Match:
-    """The reference: one graph through every step (memory grows with the number of steps)."""
-    images = images.detach().requires_grad_(True)
-    lr = lr.detach().requires_grad_(True)
-    theta = start.detach().requires_grad_(True)
-    for step in plan:
-        x = _batch(images, step, augment)
-        theta = theta - lr * _step_grad(net, theta, x, labels[step.indices.to(labels.device)], True)
-    loss = (theta - target).pow(2).sum() / (start - target).pow(2).sum()
-    grad_images, grad_lr = torch.autograd.grad(loss, (images, lr))
-    return Match(loss.detach(), grad_images, grad_lr)
-
-
-def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-                    start: torch.Tensor, target: torch.Tensor, plan: list[Step],
-                    augment: Any | None = None, checkpoint_every: int | None = None) -> Match:
-    """The exact gradient of :func:`match_unrolled` with one step's graph alive at a time.
-
-    Memory: O(J/c + c) parameter vectors (c = ``checkpoint_every``) and one step's activations.
-    """
-    steps = len(plan)
-    every = checkpoint_every or max(1, math.ceil(math.sqrt(steps)))
-    images = images.detach()
-    alpha = lr.detach()
-    start = start.detach()
-
-    def advance(theta: torch.Tensor, j: int) -> torch.Tensor:
-        theta = theta.detach().requires_grad_(True)
-        x = _batch(images, plan[j], augment)
-        g = _step_grad(net, theta, x, labels[plan[j].indices.to(labels.device)], False)
-        return (theta - alpha * g).detach()
-
-    checkpoints: dict[int, torch.Tensor] = {}
-    theta = start
-    for j in range(steps):
-        if j % every == 0:
-            checkpoints[j] = theta
-        theta = advance(theta, j)
-
-    scale = (start - target).pow(2).sum()
-    loss = ((theta - target).pow(2).sum() / scale).detach()
-    lam = 2.0 * (theta - target) / scale  # ∂L/∂θ_J
-    grad_images = torch.zeros_like(images)
-    grad_lr = torch.zeros((), dtype=lr.dtype, device=lr.device)
-    for seg in reversed(range(0, steps, every)):
-        end = min(seg + every, steps)
-        thetas = [checkpoints.pop(seg)]
-        for j in range(seg, end - 1):
-            thetas.append(advance(thetas[-1], j))
-        for j in reversed(range(seg, end)):
-            step = plan[j]
-            idx = step.indices.to(images.device)
-            theta_j = thetas.pop().requires_grad_(True)
-            xb = images[idx].requires_grad_(True)
-            x = augment.apply(xb, step.augment) if step.augment is not None else xb
-            g = _step_grad(net, theta_j, x, labels[idx], True)
-            # One double-backward pass gives both H_j λ and (∂g_j/∂X_j)ᵀ λ.
-            hvp, gx = torch.autograd.grad(g, (theta_j, xb), grad_outputs=lam)
-            grad_images.index_add_(0, idx, -alpha * gx)
-            grad_lr = grad_lr - torch.dot(g.detach(), lam)
-            lam = lam - alpha * hvp
-    return Match(loss, grad_images, grad_lr)
-
-
-IMPLEMENTATIONS: dict[str, Callable[..., Match]] = {"unrolled": match_unrolled, "tesla": match_recompute}
 
 
 # --- the method ----------------------------------------------------------------------------

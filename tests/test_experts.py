@@ -9,11 +9,7 @@ import time
 import pytest
 import torch
 from conftest import make_arrays, write_npz
-
-from medbench.data import load_dataset
-from medbench.errors import MedbenchError
-from medbench.experts import (
-    ZCA,
+from medbench.methods.trajectory import (
     ExpertBuffer,
     ExpertConfig,
     FlatParams,
@@ -21,8 +17,12 @@ from medbench.experts import (
     build_seeded,
     derived_seed,
 )
+
+from medbench.data import load_dataset
+from medbench.errors import MedbenchError
 from medbench.method import DistillTask
 from medbench.models import ModelSpec
+from medbench.whitening import ZCA
 
 SPEC = ModelSpec("convnet", {"width": 4})
 

@@ -3,12 +3,12 @@ builds each dataset's buffer once, before its cells, from the full splits."""
 
 import math
 
+import medbench.methods.trajectory.buffer as experts
 import pytest
 import torch
 from conftest import FAST
 
 import medbench
-import medbench.experts as experts
 from medbench.cli import main
 
 MTT = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "max_start_epoch": 2, "expert_epochs": 2,

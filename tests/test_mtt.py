@@ -7,19 +7,12 @@ import dataclasses
 import pytest
 import torch
 from conftest import make_arrays, write_npz
-from medbench.methods.mtt import (
-    Diverged,
-    MTTParams,
-    Step,
-    match_recompute,
-    match_unrolled,
-    plan_unroll,
-)
+from medbench.methods.mtt import Diverged, MTTParams
+from medbench.methods.trajectory import FlatParams, Step, build_seeded, match_recompute, match_unrolled, plan_unroll
 
 from medbench.augment import AugmentConfig, SiameseAugment
 from medbench.data import load_dataset
 from medbench.errors import CellFailed, MedbenchError
-from medbench.experts import FlatParams, build_seeded
 from medbench.method import DistillTask, get_method
 from medbench.models import ModelSpec
 from medbench.training import loss_fn
@@ -198,7 +191,7 @@ def test_bad_params(values):
 
 
 def test_buffer_for_another_model_is_refused(task, experts_root, tmp_path):
-    from medbench.experts import build_buffer
+    from medbench.methods.trajectory import build_buffer
 
     other = build_buffer(task, MTTParams(**FAST).expert_config(), tmp_path,
                          model=ModelSpec("convnet", {"width": 5}), log=None)
@@ -214,6 +207,6 @@ def test_ipc_larger_than_class_is_refused(task, experts_root):
 
 def test_default_params_use_the_default_buffer():
     """`medbench experts` with its defaults builds exactly the buffer a default MTT run looks for."""
-    from medbench.experts import ExpertConfig
+    from medbench.methods.trajectory import ExpertConfig
 
     assert MTTParams().expert_config() == ExpertConfig()

@@ -35,10 +35,9 @@ def measure(implementation: str, steps: int, *, classes: int = 8, ipc: int = 10,
             threads: int | None = None) -> dict[str, Any]:
     """One iteration (forward unroll + gradient) in *this* process; call it in a fresh one."""
     import torch
-    from medbench.methods.mtt import IMPLEMENTATIONS, plan_unroll
+    from medbench.methods.trajectory import IMPLEMENTATIONS, FlatParams, build_seeded, plan_unroll
 
     from medbench.augment import AugmentConfig, SiameseAugment
-    from medbench.experts import FlatParams, build_seeded
     from medbench.models import ModelSpec
 
     if threads:

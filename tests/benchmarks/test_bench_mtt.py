@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medbench.methods.mtt import IMPLEMENTATIONS, plan_unroll
+from medbench.methods.trajectory import IMPLEMENTATIONS, FlatParams, build_seeded, plan_unroll
 from mtt_memory import probe
 
 from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.experts import FlatParams, build_seeded
 from medbench.models import ModelSpec
 
 
