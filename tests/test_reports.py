@@ -188,3 +188,13 @@ def test_published_numbers_stand_beside_each_variant_of_a_method(tmp_path, capsy
         ("mtt (iterations=200)", "1", "50.0", "+0.0"),
         ("mtt", "10", "80.0", "—"),
     ]
+
+
+def test_a_set_evaluated_under_two_protocols_is_drawn_once(tmp_path):
+    path = write_condensed_npz(tmp_path / "condensed" / "same.npz", classes=3, ipc=2)
+    recs = [record("random", "alpha", 2, [0.5, 0.6], classes=3, condensed_path=path),
+            record("random", "alpha", 2, [0.4, 0.5], classes=3, condensed_path=path, protocol_id="p2",
+                   protocol={"name": "dc", "epochs": 300, "augment": "none"})]
+    page = write_report(store_with(tmp_path / "r.sqlite", recs), tmp_path / "out").html.read_text()
+    assert page.count("data:image/png;base64") - page.count('class="figure"') == 1  # one mosaic, not two
+    assert "the same images as under protocol p1" in page

@@ -6,6 +6,7 @@ baselines and distilled sets are only compared within one protocol.
 
 from __future__ import annotations
 
+import hashlib
 import html
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -176,8 +177,11 @@ def leaderboard_markdown(sections: list[Section], db: Path, across: Table | None
 
 
 
-def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget: list[int]) -> list[str]:
-    """HTML blocks of condensed-set mosaics (first seed of each cell key), dataset by dataset."""
+def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget: list[int],
+                shown: dict[str, str]) -> list[str]:
+    """HTML blocks of condensed-set mosaics (first seed of each cell key), dataset by dataset. A set
+    already drawn under another protocol (``shown``: pixel digest -> protocol id; distillation does
+    not depend on the protocol) is named, not drawn again."""
     cells = store.cells()
     cells = cells[(cells.protocol_id == protocol_id) & (cells.status == "done") & cells.condensed_path.notna()]
     blocks = []
@@ -194,6 +198,12 @@ def image_grids(store: Store, db: Path, protocol_id: str, per_class: int, budget
                 if loaded is None:
                     tiles.append(f'<div class="tile missing">{html.escape(method)}: condensed set not found</div>')
                     continue
+                digest = hashlib.sha256(loaded[0].tobytes() + loaded[1].tobytes()).hexdigest()
+                if digest in shown:
+                    tiles.append(f'<div class="tile missing">{html.escape(method)} · IPC {int(ipc)} · seed '
+                                 f"{cell.seed}: the same images as under protocol {shown[digest]}</div>")
+                    continue
+                shown[digest] = protocol_id
                 budget[0] -= 1
                 pixels, classes, by_row = figures.mosaic(*loaded, per_class)
                 # small sets enlarged (pixels kept sharp), large ones kept within a tile
@@ -264,6 +274,7 @@ def _img(b64: str | None, alt: str) -> str:
 def report_html(sections: list[Section], store: Store, db: Path, per_class: int, across: Table | None = None) -> str:
     parts = [f'<section class="protocol">{_html_table(across, heading="h2")}</section>'] if across is not None else []
     budget = [MAX_GRIDS]
+    shown: dict[str, str] = {}
     for i, s in enumerate(sections, 1):
         out = [f'<section class="protocol" id="p{i}"><h2>Protocol <code>{s.protocol_id}</code></h2>',
                f'<div class="protocol-line">{html.escape(s.description)}</div>', "<h3>Leaderboard</h3>",
@@ -278,7 +289,7 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int,
             out.append(_img(figures.correlation_scatter(s.results, f"Distilled vs random · {s.caption}"),
                             "distilled vs random"))
         out.append(_html_table(s.gains, GAIN_NOTE, heading="h3"))
-        grids = image_grids(store, db, s.protocol_id, per_class, budget)
+        grids = image_grids(store, db, s.protocol_id, per_class, budget, shown)
         if grids:
             out.append("<h3>Condensed sets</h3><p class=\"note\">One row (below 3 images per class: one column) "
                        f"per class, at most {per_class} images each, first seed. The random method's images are "
