@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from medbench.analysis.seeds import ALPHA, paired, seed_means
+from medbench.analysis.seeds import ALPHA, gains, seed_means
 from medbench.errors import MedbenchError
 
 MIN_DATASETS = 3
@@ -42,25 +42,14 @@ def paired_points(values: pd.DataFrame) -> pd.DataFrame:
                "distilled_mean", "distilled_std", "distilled_n", "gain", "gain_se", "gain_low", "gain_high", "p",
                "seeds"]
     per_seed = seed_means(values)
-    rows = []
-    for key, group in per_seed.groupby(["protocol_id", "dataset", "size", "ipc"], dropna=False):
-        by_method = {m: g.set_index("seed").value for m, g in group.groupby("method")}
-        if "random" not in by_method:
-            continue
-        base = by_method["random"]
-        for method, distilled in by_method.items():
-            if method in BASELINES:
-                continue
-            result = paired(distilled, base)
-            se = (result.high - result.low) / 2 / stats.t.ppf(0.975, result.n - 1) if result.n > 1 else math.nan
-            rows.append({"protocol_id": key[0], "dataset": key[1], "size": key[2], "ipc": key[3], "method": method,
-                         "random_mean": base.mean(), "random_std": base.std(ddof=1), "random_n": len(base),
-                         "distilled_mean": distilled.mean(), "distilled_std": distilled.std(ddof=1),
-                         "distilled_n": len(distilled), "gain": result.diff, "gain_se": se, "gain_low": result.low,
-                         "gain_high": result.high, "p": result.p, "seeds": result.n})
-    if not rows:
+    metric = per_seed.metric.iloc[0] if len(per_seed) else "accuracy"
+    found = gains(per_seed, metric=metric)
+    found = found[~found.method.isin(BASELINES)]
+    if found.empty:
         return pd.DataFrame(columns=columns)
-    out = pd.DataFrame(rows)
+    out = found.rename(columns={"baseline_mean": "random_mean", "baseline_std": "random_std", "baseline_n": "random_n",
+                                "mean": "distilled_mean", "std": "distilled_std", "n": "distilled_n", "se": "gain_se",
+                                "low": "gain_low", "high": "gain_high"})
     return out.sort_values(["protocol_id", "method", "ipc", "dataset"]).reset_index(drop=True)[columns]
 
 

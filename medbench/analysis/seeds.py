@@ -62,6 +62,7 @@ class Paired:
 
     n: int
     diff: float
+    se: float  # standard error of the mean difference
     low: float
     high: float
     p: float
@@ -77,21 +78,23 @@ def paired(a: pd.Series, b: pd.Series, level: float = 0.95) -> Paired:
     d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
     n = len(d)
     if n == 0:
-        return Paired(0, math.nan, math.nan, math.nan, math.nan)
+        return Paired(0, math.nan, math.nan, math.nan, math.nan, math.nan)
     mean = float(d.mean())
     if n < 2:
-        return Paired(n, mean, math.nan, math.nan, math.nan)
-    sd = float(d.std(ddof=1))
-    if sd == 0:  # identical differences on every seed: no spread to test against
-        return Paired(n, mean, mean, mean, 1.0 if mean == 0 else 0.0)
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+        return Paired(n, mean, math.nan, math.nan, math.nan, math.nan)
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0:  # identical differences on every seed: no spread to test against
+        return Paired(n, mean, 0.0, mean, mean, 1.0 if mean == 0 else 0.0)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
     p = float(stats.ttest_rel(a.loc[common].to_numpy(float), b.loc[common].to_numpy(float)).pvalue)
-    return Paired(n, mean, mean - half, mean + half, p)
+    return Paired(n, mean, se, mean - half, mean + half, p)
 
 
 def gains(per_seed: pd.DataFrame, baseline: str = "random", metric: str = "accuracy") -> pd.DataFrame:
-    """Every method's paired gain over ``baseline`` per (protocol, dataset, size, IPC)."""
-    columns = [*GROUP, "method", "seeds", "gain", "low", "high", "p", "significant"]
+    """Every method's paired gain over ``baseline`` per (protocol, dataset, size, IPC), with the
+    means over all seeds of both (``mean``, ``std``, ``n`` and ``baseline_mean``, …)."""
+    columns = [*GROUP, "method", "seeds", "gain", "se", "low", "high", "p", "significant", "mean", "std", "n",
+               "baseline_mean", "baseline_std", "baseline_n"]
     rows = []
     frame = per_seed[per_seed.metric == metric]
     for key, group in frame.groupby(GROUP, dropna=False):
@@ -101,10 +104,13 @@ def gains(per_seed: pd.DataFrame, baseline: str = "random", metric: str = "accur
         for method, values in by_method.items():
             if method in (baseline, "full"):
                 continue
-            result = paired(values, by_method[baseline])
+            base = by_method[baseline]
+            result = paired(values, base)
             rows.append(dict(zip(GROUP, key, strict=True)) | {
-                "method": method, "seeds": result.n, "gain": result.diff, "low": result.low, "high": result.high,
-                "p": result.p, "significant": result.significant})
+                "method": method, "seeds": result.n, "gain": result.diff, "se": result.se, "low": result.low,
+                "high": result.high, "p": result.p, "significant": result.significant,
+                "mean": values.mean(), "std": values.std(ddof=1), "n": len(values),
+                "baseline_mean": base.mean(), "baseline_std": base.std(ddof=1), "baseline_n": len(base)})
     return pd.DataFrame(rows, columns=columns)
 
 
