@@ -617,7 +617,7 @@ def _group(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, lis
 
 def run_bench(s: Settings, out_dir: Path, command: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure everything, write ``<out_dir>/<device>-<date>[-quick].md`` and ``.json``."""
-    from medbench.harness.grid import resolve_device
+    from medbench.devices import resolve_device
 
     device = resolve_device(s.device)
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

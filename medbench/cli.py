@@ -57,9 +57,10 @@ def _positive(kind: type) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}" if not
-                                             math.isfinite(value) else f"must be positive, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
 
     return parse
@@ -276,8 +277,8 @@ def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
     fields = read_grid_file(source) if source else {}
     protocol = dict(fields.pop("eval", {}))
     protocol.update({k: getattr(args, k) for k in PROTOCOL_OPTIONS if getattr(args, k) is not None})
-    protocol_name = args.protocol or fields.pop("protocol_name", DEFAULT_PROTOCOL)
-    fields.pop("protocol_name", None)
+    protocol_name = fields.pop("protocol_name", DEFAULT_PROTOCOL)
+    protocol_name = args.protocol or protocol_name
     fields.update({field: getattr(args, opt) for opt, field in GRID_OPTIONS.items() if getattr(args, opt) is not None})
     methods = fields.get("methods", GridSpec.methods)
     method_args = fields.pop("method_args", {})
@@ -312,7 +313,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from medbench.data.catalog import load_dataset
-    from medbench.harness.grid import resolve_device
+    from medbench.devices import resolve_device
     from medbench.methods.trajectory import build_buffer, resolve_root
 
     method = get_method("mtt")

@@ -25,9 +25,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from medbench.data.catalog import DEFAULT_DATA_ROOT
+from medbench.devices import resolve_device
 from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import Protocol, evaluate
-from medbench.harness.grid import DEFAULT_DB, Cell, digest, resolve_device
+from medbench.harness.grid import DEFAULT_DB, Cell, digest
 from medbench.harness.runner import model_rows
 from medbench.models import MODELS
 from medbench.sharing.stored import StoredCell, load_cell_splits, open_store, stored_cell

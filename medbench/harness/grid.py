@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES, is_path_reference
-from medbench.devices import resolve_device  # noqa: F401  (re-exported: the harness resolves devices)
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, compile_options

@@ -35,8 +35,7 @@ from medbench.errors import MedbenchError
 # Keys taken as they are, with their type (the others are parsed below: lists, paths, the protocol).
 PLAIN_TYPES: dict[str, type] = {"size": int, "download": bool, "device": str, "retry_failed": bool, "workers": int,
                                 "executor": str, "ray_address": str, "eval_batching": str, "eval_compile": str}
-PLAIN_KEYS = tuple(PLAIN_TYPES)
-KEYS = {"methods", "datasets", "ipc", "seeds", "protocol", "eval", "data_root", "db", *PLAIN_KEYS}
+KEYS = {"methods", "datasets", "ipc", "seeds", "protocol", "eval", "data_root", "db", *PLAIN_TYPES}
 PRESET_PACKAGE = "medbench.presets"
 
 

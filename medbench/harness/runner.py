@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
+from medbench.devices import resolve_device
 from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import ModelScore, evaluate
 from medbench.evaluation.batched import compile_options
 from medbench.harness.claims import Claims
-from medbench.harness.grid import Cell, GridSpec, expand, resolve_device
+from medbench.harness.grid import Cell, GridSpec, expand
 from medbench.launch import check as check_signals
 from medbench.method import CondensedSet, DistillTask, get_method
 from medbench.storage.condensed_io import save_condensed

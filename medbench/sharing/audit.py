@@ -36,7 +36,8 @@ from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import model_seeds
 from medbench.sharing.export import _finite, check_out_dir
 from medbench.sharing.figures import pairs_sheet
-from medbench.sharing.stored import class_names, load_cell_splits, open_store, read_npz_arrays, resolve_cell
+from medbench.sharing.stored import class_names, load_cell_splits, open_store, resolve_cell
+from medbench.storage.files import npz_arrays
 from medbench.training import train_network
 
 SSIM_WINDOW = 11
@@ -290,7 +291,7 @@ def audit_cell(db: Path, cell_ref: str, out: Path, *, data_root: Path = DEFAULT_
     out = check_out_dir(out, force=True)
     with open_store(db) as store:
         cell = resolve_cell(store, cell_ref)
-    arrays = read_npz_arrays(cell.require_condensed())
+    arrays = npz_arrays(cell.require_condensed())
     splits = load_cell_splits(cell, data_root, device)
     facts = cell.dataset_facts
     names = class_names(facts)

@@ -33,8 +33,8 @@ import numpy as np
 
 from medbench.errors import DataError, MedbenchError
 from medbench.sharing.figures import contact_sheet
-from medbench.sharing.stored import StoredCell, class_names, open_store, read_npz_arrays, resolve_cell
-from medbench.storage.files import sha256_file
+from medbench.sharing.stored import StoredCell, class_names, open_store, resolve_cell
+from medbench.storage.files import npz_arrays, sha256_file
 
 PACKAGE_FORMAT = "medbench-package"
 FORMAT_VERSION = 1
@@ -218,7 +218,7 @@ def build_manifest(cell: StoredCell, arrays: dict[str, np.ndarray], source: dict
 
 
 def _write_package(tmp: Path, cell: StoredCell, store: Any) -> None:
-    source = read_npz_arrays(cell.require_condensed())
+    source = npz_arrays(cell.require_condensed())
     arrays = _package_arrays(source)
     with open(tmp / NPZ, "wb") as fh:
         np.savez_compressed(fh, **arrays)
@@ -280,7 +280,7 @@ def _check_arrays(npz_path: Path, manifest: dict[str, Any]) -> list[str]:
 
     problems: list[str] = []
     try:
-        arrays = read_npz_arrays(npz_path)
+        arrays = npz_arrays(npz_path)
         images = _images_nchw(npz_path, "train", arrays["train_images"])
         labels = _labels_flat(npz_path, "train", arrays["train_labels"], images.shape[0])
     except KeyError as exc:

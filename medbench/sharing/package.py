@@ -19,7 +19,7 @@ import torch
 from medbench.errors import MedbenchError
 from medbench.method import CondensedSet, DistillTask
 from medbench.sharing.export import MANIFEST, NPZ, require_valid
-from medbench.sharing.stored import read_npz_arrays
+from medbench.storage.files import npz_arrays
 
 
 def is_package(path: Path | str) -> bool:
@@ -57,7 +57,7 @@ def package_condensed(path: Path, task: DistillTask, sha256: str = "") -> Conden
         raise MedbenchError(f"{path}: {NPZ} has sha256 {manifest['files'][NPZ]['sha256'][:12]}…, "
                             f"not the pinned {sha256[:12]}…")
     check_compatible(manifest, task.channels, task.size, task.num_classes, task.ipc, str(path))
-    arrays = read_npz_arrays(path / NPZ)
+    arrays = npz_arrays(path / NPZ)
     images = torch.from_numpy(arrays["images_float32"]).float()
     c = images.shape[1]
     src_mean = torch.from_numpy(arrays["norm_mean"].astype(np.float32)).view(1, c, 1, 1)

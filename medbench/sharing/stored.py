@@ -12,7 +12,6 @@ import pandas as pd
 
 from medbench.errors import MedbenchError
 from medbench.storage.condensed_io import locate_condensed
-from medbench.storage.files import npz_arrays
 from medbench.storage.store import Store
 
 
@@ -76,10 +75,6 @@ def resolve_cell(store: Store, prefix: str) -> StoredCell:
     if row.status != "done":
         raise MedbenchError(f"cell {row.cell_id[:12]} is {row.status}, not done: {row.message}")
     return stored_cell(store, row)
-
-
-def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    return npz_arrays(path)
 
 
 def class_names(facts: dict[str, Any]) -> list[str]:

@@ -19,8 +19,8 @@ from tabulate import tabulate
 
 from medbench.bench import OPTION_VARIANTS
 from medbench.data.catalog import load_dataset
+from medbench.devices import resolve_device
 from medbench.evaluation.protocol import Protocol, evaluate
-from medbench.harness.grid import resolve_device
 from medbench.method import DistillTask, get_method
 
 
