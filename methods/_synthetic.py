@@ -164,10 +164,11 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step,
         task.report(done, params.iterations)
         if done % params.eval_every == 0 or done == params.iterations:
             losses = torch.stack(window)
-            if not bool(torch.isfinite(losses).all() & torch.isfinite(images).all()):
+            finite = torch.isfinite(losses)
+            if not bool(finite.all() & torch.isfinite(images).all()):
                 # Never keep an earlier checkpoint (or the real initialisation) as a finished result.
-                bad = int(torch.nonzero(~torch.isfinite(losses))[0]) if not torch.isfinite(losses).all() else None
-                where = f"iteration {done - len(window) + bad + 1}" if bad is not None else f"by iteration {done}"
+                bad = (~finite).nonzero()
+                where = f"iteration {done - len(window) + int(bad[0]) + 1}" if len(bad) else f"by iteration {done}"
                 raise CellFailed(f"{name} diverged at {where} (non-finite matching loss or images; "
                                  f"lr_img {params.lr_img:g})")
             acc = evaluate(images)
