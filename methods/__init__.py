@@ -2,6 +2,7 @@
 
 from medbench.methods import (  # noqa: F401
     coresets,
+    datm,
     dc,
     dm,
     full,

@@ -7,6 +7,7 @@ and only then on test: nothing is ever chosen after the test split has been look
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,20 @@ def _dsa(channels: int) -> Augment:
 # Evaluation-time augmentation by name: a factory from the number of channels to an augment.
 EVAL_AUGMENTS: dict[str, Callable[[int], Augment | None]] = {"none": lambda channels: None, "dsa": _dsa}
 
+# How a network trains on a set with soft labels (rows of class probabilities), by name.
+SOFT_LABEL_LOSSES: dict[str, str] = {
+    "soft_ce": "cross-entropy with the set's label distributions, −Σ p log softmax(z), temperature 1: "
+               "DATM's evaluation (SoftCrossEntropy on the softmax of its label logits); equals KL(p‖q) "
+               "up to a constant, so the same gradients",
+}
+
+# Settings added after cells were stored: they enter a protocol's identity only when changed from
+# these defaults, so cells stored earlier keep their protocol_id and cell_id.
+_LATER_FIELDS = {"soft_label_loss": "soft_ce"}
+
+# Metric-name prefix of a soft-label set's second evaluation, with hard labels (DD-Ranking's HLR).
+HARD_LABELS = "hard_labels_"
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -72,6 +87,7 @@ class Protocol:
     batch_size: int = 256
     eval_models: int = 5
     augment: str = "dsa"  # "dsa": DSA's augmentation (per-image draws) while training on the set; or "none"
+    soft_label_loss: str = "soft_ce"  # sets with soft labels train with this loss (SOFT_LABEL_LOSSES)
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1 and self.full_epochs >= 1, "epochs must be at least 1")
@@ -81,6 +97,8 @@ class Protocol:
         check(self.width >= 1 and (self.depth is None or self.depth >= 1), "width and depth must be ≥ 1")
         check(self.augment in EVAL_AUGMENTS,
               f"unknown eval augmentation {self.augment!r}; available: {', '.join(EVAL_AUGMENTS)}")
+        check(self.soft_label_loss in SOFT_LABEL_LOSSES,
+              f"unknown soft-label loss {self.soft_label_loss!r}; available: {', '.join(SOFT_LABEL_LOSSES)}")
 
     def model_spec(self) -> ModelSpec:
         options = {"width": self.width, "depth": self.depth, "norm": self.norm}
@@ -89,13 +107,14 @@ class Protocol:
     def identity(self) -> dict:
         """What makes two protocols the same: every setting plus the network's architecture version
         (so results of an older network never pool with newer ones), not the name."""
-        out = {k: v for k, v in asdict(self).items() if k != "name"}
+        out = {k: v for k, v in asdict(self).items()
+               if k != "name" and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
         out["architecture"] = architecture(self.model)
         return out
 
     def record(self) -> dict:
         """The protocol as stored with every cell: its name, its settings and the architecture."""
-        return {"name": self.name, **self.identity()}
+        return {"name": self.name, **asdict(self), "architecture": architecture(self.model)}
 
     @classmethod
     def from_record(cls, record: dict) -> Protocol:
@@ -238,10 +257,29 @@ def evaluate(
 ) -> list[ModelScore]:
     """Train ``protocol.eval_models`` networks on ``condensed`` and score them on val, then test.
 
+    A set with soft labels trains with ``protocol.soft_label_loss`` and is evaluated a second time
+    with its hard labels (each image's most probable class), same networks' seeds: those scores are
+    stored as ``hard_labels_<metric>`` beside the soft-label ones (DD-Ranking's hard-label recovery).
+
     ``batching`` (auto|sequential|vmap|grouped) and ``options`` (GPU speed flags) choose how the
     networks are trained, not what they learn: they are deliberately not part of ``Protocol``, so
     stored cells keep their ``protocol_id`` whichever is used.
     """
+    scores = _evaluate(condensed, splits, protocol, seed=seed, full=full, on_epoch=on_epoch, batching=batching,
+                       options=options)
+    if not condensed.labels.is_floating_point():
+        return scores
+    hard = dataclasses.replace(condensed, labels=condensed.labels.argmax(1))
+    second = _evaluate(hard, splits, protocol, seed=seed, full=full, on_epoch=on_epoch, batching=batching,
+                       options=options)
+    return [dataclasses.replace(s, val={**s.val, **{HARD_LABELS + k: v for k, v in h.val.items()}},
+                                test={**s.test, **{HARD_LABELS + k: v for k, v in h.test.items()}})
+            for s, h in zip(scores, second, strict=True)]
+
+
+def _evaluate(condensed: CondensedSet, splits: Splits, protocol: Protocol, *, seed: int, full: bool,
+              on_epoch: Callable[[int, int], None] | None, batching: str,
+              options: EvalOptions | None) -> list[ModelScore]:
     device = splits.device
     images = condensed.images.to(device)
     labels = condensed.labels.to(device)

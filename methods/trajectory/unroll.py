@@ -28,6 +28,11 @@ is differentiated w.r.t. the images and ``α``. Two implementations of that grad
   memory idea (recompute per step, accumulate per-batch image gradients); the adjoint makes it
   exact at the price of one Hessian-vector product per step, which the same double-backward
   pass delivers together with the image VJP.
+
+Labels are class indices (MTT) or learnable *label logits* (DATM): a float ``(N, classes)`` tensor
+whose softmax is the target of the student's soft cross-entropy. With ``learn_labels=True`` both
+implementations also return ``∂L/∂labels`` (the same vector-Jacobian product as for the images,
+taken w.r.t. the batch's label logits).
 """
 
 from __future__ import annotations
@@ -77,6 +82,12 @@ class Match:
     loss: torch.Tensor  # 0-dim, on the device: reading it is a host sync, left to the caller
     grad_images: torch.Tensor
     grad_lr: torch.Tensor
+    grad_labels: torch.Tensor | None = None  # only for learnable label logits (learn_labels=True)
+
+
+def targets(labels: torch.Tensor) -> torch.Tensor:
+    """What the student's loss compares with: class indices as they are, label logits as their softmax."""
+    return labels.softmax(1) if labels.is_floating_point() else labels
 
 
 def _batch(images: torch.Tensor, step: Step, augment: Any | None) -> torch.Tensor:
@@ -86,27 +97,29 @@ def _batch(images: torch.Tensor, step: Step, augment: Any | None) -> torch.Tenso
 
 def _step_grad(net: FlatParams, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                create_graph: bool) -> torch.Tensor:
-    return torch.autograd.grad(loss_fn(net(theta, x), y), theta, create_graph=create_graph)[0]
+    return torch.autograd.grad(loss_fn(net(theta, x), targets(y)), theta, create_graph=create_graph)[0]
 
 
 def match_unrolled(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
                    start: torch.Tensor, target: torch.Tensor, plan: list[Step],
-                   augment: Any | None = None) -> Match:
-    """The reference: one graph through every step (memory grows with the number of steps)."""
+                   augment: Any | None = None, learn_labels: bool = False) -> Match:
+    """As the official code: one graph through every step (memory grows with the number of steps)."""
     images = images.detach().requires_grad_(True)
     lr = lr.detach().requires_grad_(True)
+    labels = labels.detach().requires_grad_(learn_labels)
     theta = start.detach().requires_grad_(True)
     for step in plan:
         x = _batch(images, step, augment)
         theta = theta - lr * _step_grad(net, theta, x, labels[step.indices.to(labels.device)], True)
     loss = (theta - target).pow(2).sum() / (start - target).pow(2).sum()
-    grad_images, grad_lr = torch.autograd.grad(loss, (images, lr))
-    return Match(loss.detach(), grad_images, grad_lr)
+    grads = torch.autograd.grad(loss, (images, lr, labels) if learn_labels else (images, lr))
+    return Match(loss.detach(), grads[0], grads[1], grads[2] if learn_labels else None)
 
 
 def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
                     start: torch.Tensor, target: torch.Tensor, plan: list[Step],
-                    augment: Any | None = None, checkpoint_every: int | None = None) -> Match:
+                    augment: Any | None = None, checkpoint_every: int | None = None,
+                    learn_labels: bool = False) -> Match:
     """The exact gradient of :func:`match_unrolled` with one step's graph alive at a time.
 
     Memory: O(J/c + c) parameter vectors (c = ``checkpoint_every``) and one step's activations.
@@ -114,6 +127,7 @@ def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor,
     steps = len(plan)
     every = checkpoint_every or max(1, math.ceil(math.sqrt(steps)))
     images = images.detach()
+    labels = labels.detach()
     alpha = lr.detach()
     start = start.detach()
 
@@ -134,6 +148,7 @@ def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor,
     loss = ((theta - target).pow(2).sum() / scale).detach()
     lam = 2.0 * (theta - target) / scale  # ∂L/∂θ_J
     grad_images = torch.zeros_like(images)
+    grad_labels = torch.zeros_like(labels) if learn_labels else None
     grad_lr = torch.zeros((), dtype=lr.dtype, device=lr.device)
     for seg in reversed(range(0, steps, every)):
         end = min(seg + every, steps)
@@ -145,14 +160,18 @@ def match_recompute(net: FlatParams, images: torch.Tensor, labels: torch.Tensor,
             idx = step.indices.to(images.device)
             theta_j = thetas.pop().requires_grad_(True)
             xb = images[idx].requires_grad_(True)
+            yb = labels[idx].requires_grad_(learn_labels)
             x = augment.apply(xb, step.augment) if step.augment is not None else xb
-            g = _step_grad(net, theta_j, x, labels[idx], True)
-            # One double-backward pass gives both H_j λ and (∂g_j/∂X_j)ᵀ λ.
-            hvp, gx = torch.autograd.grad(g, (theta_j, xb), grad_outputs=lam)
+            g = _step_grad(net, theta_j, x, yb, True)
+            # One double-backward pass gives H_j λ, (∂g_j/∂X_j)ᵀ λ and, for label logits, (∂g_j/∂Y_j)ᵀ λ.
+            vjp = torch.autograd.grad(g, (theta_j, xb, yb) if learn_labels else (theta_j, xb), grad_outputs=lam)
+            hvp, gx = vjp[0], vjp[1]
             grad_images.index_add_(0, idx, -alpha * gx)
+            if grad_labels is not None:
+                grad_labels.index_add_(0, idx, -alpha * vjp[2])
             grad_lr = grad_lr - torch.dot(g.detach(), lam)
             lam = lam - alpha * hvp
-    return Match(loss, grad_images, grad_lr)
+    return Match(loss, grad_images, grad_lr, grad_labels)
 
 
 IMPLEMENTATIONS: dict[str, Callable[..., Match]] = {"unrolled": match_unrolled, "tesla": match_recompute}
