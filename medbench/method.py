@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from medbench import hparams
+from medbench import hparams, partition
 from medbench.data.splits import Split, Splits, TrainGeometry
 from medbench.devices import to_device
 from medbench.errors import MedbenchError
@@ -43,6 +43,12 @@ class CondensedSet:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels a network trains on: the stored ones, or, for a partitioned set
+        (IDM), every stored image's tiles expanded to full size (:mod:`medbench.partition`)."""
+        factor = int(self.extras[partition.EXTRA]) if partition.EXTRA in self.extras else 1
+        return partition.expand(self.images, self.labels, factor)
 
     def detach(self) -> CondensedSet:
         return dataclasses.replace(self, images=self.images.detach().float().cpu(),

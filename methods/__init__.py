@@ -6,6 +6,7 @@ from medbench.methods import (  # noqa: F401
     dc,
     dm,
     full,
+    idm,
     mtt,
     package,
     random_selection,

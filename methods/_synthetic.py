@@ -131,11 +131,20 @@ class _State:
     losses: list[tuple[int, float]]  # (iteration, mean matching loss since the last checkpoint)
 
 
-def distill(task: DistillTask, params: Any, *, name: str, step: Step,
-            augment: SiameseAugment | None) -> CondensedSet:
+Decode = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: SiameseAugment | None,
+            initial: torch.Tensor | None = None, decode: Decode | None = None,
+            on_resume: Callable[[int], None] | None = None) -> CondensedSet:
     """Run ``params.iterations`` of ``step`` on learnable images, checkpointing every
     ``params.eval_every`` and at the end, and return the checkpoint with the best val accuracy
-    (iteration 0, the initialisation, is a candidate too)."""
+    (iteration 0, the initialisation, is a candidate too).
+
+    ``initial``: the starting images (default :func:`initial_set`); ``decode``: what a network
+    trains on given the stored (images, labels), for checkpoint scoring (IDM's expansion);
+    ``on_resume(i)``: called once with the iteration the loop starts from (0 on a fresh run), for
+    method state that lives outside the images (IDM's model queue)."""
     check_ipc(task)
     labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)
     fingerprint = {"method": name, "params": dataclasses.asdict(params), "ipc": task.ipc, "seed": task.seed,
@@ -144,11 +153,12 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step,
     path = task.checkpoint_dir / f"{name}.pt" if task.checkpoint_dir is not None else None
 
     def evaluate(images: torch.Tensor) -> float:
-        return val_accuracy(task, images, labels, epochs=params.eval_epochs, lr=params.eval_lr, augment=augment)
+        x, y = decode(images.detach(), labels) if decode is not None else (images, labels)
+        return val_accuracy(task, x, y, epochs=params.eval_epochs, lr=params.eval_lr, augment=augment)
 
     state = _load(path, fingerprint, task.device)
     if state is None:
-        images, _ = initial_set(task, params.init)
+        images = initial if initial is not None else initial_set(task, params.init)[0]
         acc = evaluate(images)
         state = _State(0, images, {}, images.clone(), 0, acc, [(0, acc)], [])
         _save(path, fingerprint, state)
@@ -158,6 +168,8 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step,
     if state.optimizer:
         optimizer.load_state_dict(state.optimizer)
     window: list[torch.Tensor] = []
+    if on_resume is not None:
+        on_resume(state.iteration)
     for it in range(state.iteration, params.iterations):
         window.append(step(images, optimizer, iteration_generator(task, it)).detach())
         done = it + 1

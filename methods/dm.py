@@ -38,32 +38,41 @@ class DMParams:
         syn.check_loop_params(self)
 
 
-def matching_loss(task: DistillTask, images: torch.Tensor, generator: torch.Generator, *, batch_real: int,
-                  augment: SiameseAugment | None) -> torch.Tensor:
-    """Σ_c ‖mean embed(real_c) − mean embed(synthetic_c)‖² under a fresh network from ``generator``.
+def embedding_gap(net: torch.nn.Module, task: DistillTask, images: torch.Tensor, generator: torch.Generator, *,
+                  batch_real: int, augment: SiameseAugment | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_c ‖mean embed(real_c) − mean embed(synthetic_c)‖² under ``net``, and the synthetic images as
+    the network saw them (augmented). ``images`` are class-contiguous, the same number per class.
 
     All classes go through the network at once: with instance norm embeddings are per image, so
     this equals the per-class loop; with batch norm it is what the reference does for BN models.
+    Real and synthetic images of a class share one augmentation draw (siamese).
     """
-    net = syn.fresh_model(task, generator)
     if not hasattr(net, "embed"):
         raise MedbenchError(f"model {task.model.name!r} has no embed() for distribution matching")
-    net.train()
-    for w in net.parameters():
-        w.requires_grad_(False)
     classes = task.num_classes
+    per_class = images.shape[0] // classes
     real, weights = syn.sample_real(task, batch_real, generator)  # (C, B, ...), (C, B)
     synthetic = images
     flat_real = real.flatten(0, 1)
     if augment is not None:
         draw = augment.sample(images, generator, n=classes)
         flat_real = augment.apply(flat_real, draw.repeat_interleave(real.shape[1]))
-        synthetic = augment.apply(images, draw.repeat_interleave(task.ipc))
+        synthetic = augment.apply(images, draw.repeat_interleave(per_class))
     with torch.no_grad():
         emb_real = net.embed(flat_real).view(classes, real.shape[1], -1)
         mean_real = (emb_real * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True)
-    mean_syn = net.embed(synthetic).view(classes, task.ipc, -1).mean(1)
-    return ((mean_real - mean_syn) ** 2).sum()
+    mean_syn = net.embed(synthetic).view(classes, per_class, -1).mean(1)
+    return ((mean_real - mean_syn) ** 2).sum(), synthetic
+
+
+def matching_loss(task: DistillTask, images: torch.Tensor, generator: torch.Generator, *, batch_real: int,
+                  augment: SiameseAugment | None) -> torch.Tensor:
+    """DM's loss: :func:`embedding_gap` under a fresh, untrained network drawn from ``generator``."""
+    net = syn.fresh_model(task, generator)
+    net.train()
+    for w in net.parameters():
+        w.requires_grad_(False)
+    return embedding_gap(net, task, images, generator, batch_real=batch_real, augment=augment)[0]
 
 
 @register_method("dm", params=DMParams)

@@ -281,8 +281,7 @@ def _evaluate(condensed: CondensedSet, splits: Splits, protocol: Protocol, *, se
               on_epoch: Callable[[int, int], None] | None, batching: str,
               options: EvalOptions | None) -> list[ModelScore]:
     device = splits.device
-    images = condensed.images.to(device)
-    labels = condensed.labels.to(device)
+    images, labels = (t.to(device) for t in condensed.training_set())
     lr = condensed.lr if (protocol.use_learned_lr and condensed.lr) else protocol.lr
     epochs = protocol.full_epochs if full else protocol.epochs
     seeds = model_seeds(seed, protocol.eval_models)
