@@ -44,6 +44,13 @@ class CondensedSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def hard_labels(self) -> torch.Tensor:
+        """Each image's class: the labels themselves, the class a soft-label method made the image
+        for (``extras["hard_labels"]``), or else the most probable class of its soft label."""
+        if not self.labels.is_floating_point():
+            return self.labels
+        return self.extras.get("hard_labels", self.labels.argmax(1)).long()
+
     def training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels a network trains on: the stored ones, or, for a partitioned set
         (IDM), every stored image's tiles expanded to full size (:mod:`medbench.partition`)."""

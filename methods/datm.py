@@ -29,6 +29,7 @@ own buffer script with 100 experts), ``eval_every``/``eval_epochs`` are checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -143,7 +144,10 @@ def datm(task: DistillTask, params: DATMParams) -> CondensedSet:
                         lambda it: (low, upper_bound(it, first, high, end)),
                         lr_labels=params.lr_labels, threshold=params.threshold,
                         info={"matching_range": [low, first, high, end], "misclassified_init": wrong})
-    return match_trajectories(task, params, buffer, matching)
+    result = match_trajectories(task, params, buffer, matching)
+    # Each image's class (its slot; replacements keep it): the hard labels of DD-Ranking's HLR.
+    classes = torch.arange(task.num_classes).repeat_interleave(task.ipc)
+    return dataclasses.replace(result, extras={**result.extras, "hard_labels": classes})
 
 
 @register_method("random_soft", params=BufferParams, prepare=prepare_buffer)
@@ -154,6 +158,7 @@ def random_soft(task: DistillTask, params: BufferParams) -> CondensedSet:
     indices, logits, wrong = teacher_start(task, buffer, correct_only=False)
     zca = buffer.zca()
     # The indices travel with the set: a privacy audit must know these are real patients' images.
-    extras = {"train_indices": indices.cpu(), **(zca.to_extras() if zca is not None else {})}
+    extras = {"train_indices": indices.cpu(), "hard_labels": task.train.labels[indices].long().cpu(),
+              **(zca.to_extras() if zca is not None else {})}
     return CondensedSet(_images(task, buffer, indices), set_labels(logits), extras=extras,
                         info={"teacher_misclassified": wrong})

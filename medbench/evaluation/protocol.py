@@ -258,7 +258,7 @@ def evaluate(
     """Train ``protocol.eval_models`` networks on ``condensed`` and score them on val, then test.
 
     A set with soft labels trains with ``protocol.soft_label_loss`` and is evaluated a second time
-    with its hard labels (each image's most probable class), same networks' seeds: those scores are
+    with its hard labels (each image's class, :meth:`CondensedSet.hard_labels`), same networks' seeds: those scores are
     stored as ``hard_labels_<metric>`` beside the soft-label ones (DD-Ranking's hard-label recovery).
 
     ``batching`` (auto|sequential|vmap|grouped) and ``options`` (GPU speed flags) choose how the
@@ -269,7 +269,7 @@ def evaluate(
                        options=options)
     if not condensed.labels.is_floating_point():
         return scores
-    hard = dataclasses.replace(condensed, labels=condensed.labels.argmax(1))
+    hard = dataclasses.replace(condensed, labels=condensed.hard_labels())
     second = _evaluate(hard, splits, protocol, seed=seed, full=full, on_epoch=on_epoch, batching=batching,
                        options=options)
     return [dataclasses.replace(s, val={**s.val, **{HARD_LABELS + k: v for k, v in h.val.items()}},

@@ -24,7 +24,7 @@ def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], s
     labels = condensed.labels.detach().cpu()
     arrays = {
         "train_images": as_uint8,
-        "train_labels": (labels.argmax(1) if labels.is_floating_point() else labels).reshape(-1, 1).numpy(),
+        "train_labels": condensed.hard_labels().detach().cpu().reshape(-1, 1).numpy(),
         "images_float32": images.numpy(),
         "norm_mean": np.asarray(mean, dtype=np.float32),
         "norm_std": np.asarray(std, dtype=np.float32),
