@@ -14,17 +14,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from medbench.analysis import ddranking
 from medbench.analysis import seeds as seed_stats
 from medbench.analysis.correlation import Correlation, correlate, correlation_frame, gain_frame, paired_points
 from medbench.analysis.frames import describe_protocol, model_scores, protocol_name, protocols, short_protocol
 from medbench.analysis.seeds import TEST_NAME, seed_means
 from medbench.errors import MedbenchError
+from medbench.evaluation.protocol import HARD_LABELS
 from medbench.reports import figures
 from medbench.reports.published import Reference, comparison_table, settings_table
 from medbench.reports.tables import (
     ACC as ACC_COLUMN,
 )
 from medbench.reports.tables import (
+    HLR_NOTE,
     Comparisons,
     Table,
     aggregate,
@@ -89,10 +92,11 @@ def protocols_table(store: Store) -> Table | None:
 def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
                    reference: Reference | None = None) -> list[Section]:
     values = model_scores(store, split="test").dropna(subset=["value"])
-    values = values[values.metric.isin(["accuracy", "balanced_accuracy"])]
+    values = values[values.metric.isin(["accuracy", "balanced_accuracy", HARD_LABELS + "accuracy"])]
     agg = aggregate(values)
     per_seed = seed_means(values)
-    comparisons = Comparisons(seed_stats.gains(per_seed), seed_stats.ranks(per_seed), selections(store))
+    comparisons = Comparisons(seed_stats.gains(per_seed), seed_stats.ranks(per_seed), selections(store),
+                              ddranking.scores(per_seed))
     points = paired_points(values[values.metric == "accuracy"])
     results = correlate(points, n_boot=n_boot, seed=seed)
     settings = protocols(store)
@@ -138,7 +142,7 @@ ACC_NOTE = ("Test accuracy and balanced accuracy in %: mean ± std across seeds 
             f"{TEST_NAME}, '*' significant. Rank: 1 + the methods that beat it significantly (ties where "
             "differences are not significant); beats: the methods it beats significantly (same test). Chosen "
             "(val): the checkpoint validation accuracy chose, per seed, and how many it chose among; '(init)' "
-            "means the untouched real initialisation was kept.")
+            "means the untouched real initialisation was kept. " + HLR_NOTE)
 CORR_NOTE = ("One point per dataset: (random-subset accuracy, distilled accuracy) under the same protocol, "
              "dataset, size and IPC. r: Pearson, with a bootstrap 95 % CI over datasets; ρ: Spearman (exact "
              "permutation p-value up to 8 datasets); the line is least squares (slope, intercept, R²).")

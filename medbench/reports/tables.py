@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from medbench.analysis import ddranking
 from medbench.analysis.frames import ipc_label, method_variants
 from medbench.analysis.seeds import across_seeds, seed_means
 from medbench.storage.store import Store
@@ -109,6 +110,7 @@ class Comparisons:
     gains: pd.DataFrame  # medbench.analysis.seeds.gains
     ranks: pd.DataFrame  # medbench.analysis.seeds.ranks
     chosen: dict[tuple, str]
+    dd: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ddranking.COLUMNS))  # HLR, IOR
 
     def lookup(self, frame: pd.DataFrame, protocol_id: str, dataset: str, size: object, method: str,
                ipc: int) -> pd.Series | None:
@@ -147,6 +149,25 @@ def majority_notes(facts: dict[tuple[str, object], dict]) -> dict[tuple[str, obj
 
 
 GAIN = "gain vs random (pp) [95 % CI]"
+HLR = "HLR (pp)"
+IOR = "IOR (pp) [95 % CI]"
+SOFT_MARK = " ‡"
+SOFT_NOTE = ("‡ soft labels: its gain compares a soft-label set with hard-label random; IOR compares it with "
+             "random_soft (random's subset with the same teacher's soft labels, same soft-label evaluation).")
+HLR_NOTE = ("HLR (hard-label recovery, lower is better): full-data accuracy minus the set's accuracy with hard labels "
+            "(a soft-label set's images trained with each image's class). IOR (improvement over random): paired "
+            "per-seed difference from random, or from random_soft for a soft-label set (DD-Ranking's scores).")
+
+
+def _dd_text(d: pd.Series | None) -> tuple[str, str]:
+    """(HLR, IOR [CI]) of one row of :func:`ddranking.scores`; empty where undefined."""
+    if d is None:
+        return "", ""
+    hlr = f"{100 * d['hlr']:.1f}" if np.isfinite(d["hlr"]) else ""
+    if not np.isfinite(d["ior"]):
+        return hlr, ""
+    ci = f" [{100 * d['ior_low']:+.1f}, {100 * d['ior_high']:+.1f}]" if np.isfinite(d["ior_low"]) else " (1 seed)"
+    return hlr, f"{100 * d['ior']:+.1f}{ci}" + (" *" if np.isfinite(d["ior_p"]) and d["ior_p"] < 0.05 else "")
 
 
 def _gain_text(g: pd.Series | None) -> tuple[str, str]:
@@ -174,7 +195,7 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
     bal = sub[sub.metric == "balanced_accuracy"].set_index(["method", "ipc"])
     empty = pd.DataFrame(columns=["protocol_id", "dataset", "size", "method", "ipc"])
     comparisons = comparisons or Comparisons(empty, empty, {})
-    columns = ["IPC", "images", "ratio", "method", ACC, BAL, GAIN, "p", "rank", "beats", "chosen (val)",
+    columns = ["IPC", "images", "ratio", "method", ACC, BAL, GAIN, "p", HLR, IOR, "rank", "beats", "chosen (val)",
                "seeds × networks"]
     rows: list[dict[str, str]] = []
     bold: set[tuple[int, str]] = set()
@@ -187,12 +208,17 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
             a = acc.loc[(m, ipc)]
             b = bal.loc[(m, ipc)] if (m, ipc) in bal.index else None
             gain, p = _gain_text(comparisons.lookup(comparisons.gains, protocol_id, dataset, size, m, ipc))
+            dd = comparisons.lookup(comparisons.dd, protocol_id, dataset, size, m, ipc)
+            hlr, ior = _dd_text(dd)
+            soft = dd is not None and bool(dd["soft"])
+            if soft and gain:
+                gain += SOFT_MARK
             rank = comparisons.lookup(comparisons.ranks, protocol_id, dataset, size, m, ipc)
             size_key = None if pd.isna(size) else int(size)
             rows.append({"IPC": str(ipc), "images": f"{a['images']:.0f}",
                          "ratio": f"{100 * a['ratio']:.3g} %" if np.isfinite(a["ratio"]) else "—", "method": m,
                          ACC: _spread(a),
-                         BAL: _spread(b) if b is not None else "—", GAIN: gain, "p": p,
+                         BAL: _spread(b) if b is not None else "—", GAIN: gain, "p": p, HLR: hlr, IOR: ior,
                          "rank": "" if rank is None else str(int(rank["rank"])),
                          "beats": "" if rank is None else rank["beats"],
                          "chosen (val)": comparisons.chosen.get((protocol_id, dataset, size_key, m, ipc), ""),
@@ -212,7 +238,10 @@ def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: objec
     title = f"{dataset}" + ("" if pd.isna(size) else f" ({int(size)} px)")
     if train_images:
         title += f", {train_images} training images"
-    return Table(title, columns, rows, bold)
+    table = Table(title, columns, rows, bold)
+    if any(row.get(GAIN, "").endswith(SOFT_MARK) for row in rows):
+        table.notes.append(SOFT_NOTE)
+    return table
 
 
 def failed_notes(store: Store, protocol_id: str) -> list[str]:
