@@ -76,6 +76,10 @@ class DistillTask(TrainGeometry):
     model: ModelSpec = field(default_factory=ModelSpec)
     checkpoint_dir: Path | None = None  # where a long method may save state to resume from
     progress: Callable[[int, int], None] | None = None  # (done, total) for progress bars
+    # Iterative methods call this for every val-scored checkpoint: (iteration, cumulative distillation
+    # seconds, val scores {"accuracy", "balanced_accuracy"}) — tuning reports it to Ray Tune.
+    on_checkpoint: Callable[[int, float, dict[str, float]], None] | None = None
+    budget_seconds: float | None = None  # iterative methods stop after this many distillation seconds
 
     @cached_property
     def class_indices(self) -> list[torch.Tensor]:
@@ -112,6 +116,14 @@ class DistillTask(TrainGeometry):
     def report(self, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(done, total)
+
+    def checkpoint(self, iteration: int, seconds: float, scores: dict[str, float]) -> None:
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(iteration, seconds, scores)
+
+    def over_budget(self, seconds: float) -> bool:
+        """Whether an iterative method has spent its distillation budget (``budget_seconds``)."""
+        return self.budget_seconds is not None and seconds >= self.budget_seconds
 
 
 @dataclass(frozen=True)

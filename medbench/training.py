@@ -117,14 +117,28 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return float((probs.argmax(1) == labels.cpu()).float().mean())
 
 
+def candidate_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
+                     val_labels: torch.Tensor, *, epochs: int, lr: float, generator: torch.Generator,
+                     augment: Augment | None = None,
+                     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """Val accuracy and balanced accuracy of ``model`` trained on a candidate set (checkpoint
+    selection in the methods); 0 when its training diverged, so a set its network cannot train on
+    is never the one kept."""
+    try:
+        train_network(model, images, labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
+    except TrainingDiverged:
+        return {"accuracy": 0.0, "balanced_accuracy": 0.0}
+    predicted = predict_proba(model, val_images, prepare=prepare).argmax(1)
+    truth = val_labels.cpu()
+    right = (predicted == truth).float()
+    recalls = [float(right[truth == c].mean()) for c in truth.unique()]
+    return {"accuracy": float(right.mean()), "balanced_accuracy": sum(recalls) / len(recalls)}
+
+
 def candidate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
                        val_labels: torch.Tensor, *, epochs: int, lr: float, generator: torch.Generator,
                        augment: Augment | None = None,
                        prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Val accuracy of ``model`` trained on a candidate set (checkpoint selection in the methods);
-    0 when its training diverged, so a set its network cannot train on is never the one kept."""
-    try:
-        train_network(model, images, labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
-    except TrainingDiverged:
-        return 0.0
-    return accuracy(model, val_images, val_labels, prepare=prepare)
+    """:func:`candidate_scores`' val accuracy, the criterion every method chooses its checkpoint by."""
+    return candidate_scores(model, images, labels, val_images, val_labels, epochs=epochs, lr=lr,
+                            generator=generator, augment=augment, prepare=prepare)["accuracy"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from medbench.errors import CellFailed, MedbenchError
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask
 from medbench.storage.files import atomic_open
-from medbench.training import Augment, candidate_accuracy
+from medbench.training import Augment, candidate_scores
 
 INITS = ("real", "noise")
 # Seed streams: (task.seed, stream, index) never collide across the three uses.
@@ -105,13 +106,19 @@ def iteration_generator(task: DistillTask, iteration: int) -> torch.Generator:
     return generator_for(task.seed, _ITERATION, iteration)
 
 
+def val_scores(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+               augment: Augment | None) -> dict[str, float]:
+    """Val accuracy and balanced accuracy of a network trained on the candidate set. The same
+    initialisation and data order for every candidate, so checkpoints are compared on the set alone."""
+    generator = generator_for(task.seed, _SELECTION, 0)
+    return candidate_scores(fresh_model(task, generator), images.detach(), labels, task.val.images, task.val.labels,
+                            epochs=epochs, lr=lr, generator=generator, augment=augment, prepare=task.normalize)
+
+
 def val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
                  augment: Augment | None) -> float:
-    """Val accuracy of a network trained on the candidate set. The same initialisation and data
-    order for every candidate, so checkpoints are compared on the set alone."""
-    generator = generator_for(task.seed, _SELECTION, 0)
-    return candidate_accuracy(fresh_model(task, generator), images.detach(), labels, task.val.images, task.val.labels,
-                              epochs=epochs, lr=lr, generator=generator, augment=augment, prepare=task.normalize)
+    """:func:`val_scores`' accuracy: what checkpoints are chosen by."""
+    return val_scores(task, images, labels, epochs=epochs, lr=lr, augment=augment)["accuracy"]
 
 
 # step(images, optimizer, generator) runs one iteration's image updates and returns its matching
@@ -129,6 +136,8 @@ class _State:
     best_accuracy: float
     history: list[tuple[int, float]]  # (iteration, val accuracy) of every checkpoint
     losses: list[tuple[int, float]]  # (iteration, mean matching loss since the last checkpoint)
+    seconds: float = 0.0  # distillation seconds so far (checkpoint scoring excluded), across resumes
+    checkpoints: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)  # (it, seconds, val)
 
 
 Decode = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -152,15 +161,17 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
                    "model": [task.model.name, task.model.options]}
     path = task.checkpoint_dir / f"{name}.pt" if task.checkpoint_dir is not None else None
 
-    def evaluate(images: torch.Tensor) -> float:
+    def evaluate(images: torch.Tensor, iteration: int, seconds: float) -> float:
         x, y = decode(images.detach(), labels) if decode is not None else (images, labels)
-        return val_accuracy(task, x, y, epochs=params.eval_epochs, lr=params.eval_lr, augment=augment)
+        scores = val_scores(task, x, y, epochs=params.eval_epochs, lr=params.eval_lr, augment=augment)
+        task.checkpoint(iteration, seconds, scores)
+        return scores["accuracy"]
 
     state = _load(path, fingerprint, task.device)
     if state is None:
         images = initial if initial is not None else initial_set(task, params.init)[0]
-        acc = evaluate(images)
-        state = _State(0, images, {}, images.clone(), 0, acc, [(0, acc)], [])
+        acc = evaluate(images, 0, 0.0)
+        state = _State(0, images, {}, images.clone(), 0, acc, [(0, acc)], [], 0.0, [(0, 0.0, acc)])
         _save(path, fingerprint, state)
 
     images = state.images.clone().requires_grad_(True)
@@ -170,11 +181,17 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
     window: list[torch.Tensor] = []
     if on_resume is not None:
         on_resume(state.iteration)
+    seconds, budget_hit = state.seconds, task.over_budget(state.seconds)
     for it in range(state.iteration, params.iterations):
+        if budget_hit:
+            break
+        started = time.perf_counter()
         window.append(step(images, optimizer, iteration_generator(task, it)).detach())
+        seconds += time.perf_counter() - started
         done = it + 1
         task.report(done, params.iterations)
-        if done % params.eval_every == 0 or done == params.iterations:
+        budget_hit = task.over_budget(seconds)
+        if done % params.eval_every == 0 or done == params.iterations or budget_hit:
             losses = torch.stack(window)
             finite = torch.isfinite(losses)
             if not bool(finite.all() & torch.isfinite(images).all()):
@@ -183,13 +200,15 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
                 where = f"iteration {done - len(window) + int(bad[0]) + 1}" if len(bad) else f"by iteration {done}"
                 raise CellFailed(f"{name} diverged at {where} (non-finite matching loss or images; "
                                  f"lr_img {params.lr_img:g})")
-            acc = evaluate(images)
+            acc = evaluate(images, done, seconds)
             state.history.append((done, acc))
+            state.checkpoints.append((done, seconds, acc))
             state.losses.append((done, float(losses.mean())))
             window = []
             if acc > state.best_accuracy:
                 state.best_images, state.best_iteration, state.best_accuracy = images.detach().clone(), done, acc
             state.iteration, state.images, state.optimizer = done, images.detach(), optimizer.state_dict()
+            state.seconds = seconds
             _save(path, fingerprint, state)
 
     return CondensedSet(
@@ -197,7 +216,9 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
         info={"chosen_iteration": state.best_iteration, "candidates": len(state.history),
               "val_accuracy": state.best_accuracy,
               "iterations": params.iterations, "val_history": state.history,
-              "matching_loss": state.losses},
+              "matching_loss": state.losses, "checkpoints": state.checkpoints,
+              **({"stopped_by_budget": state.iteration} if task.over_budget(state.seconds)
+                 and state.iteration < params.iterations else {})},
     )
 
 

@@ -54,3 +54,12 @@ def held_out_accuracy(splits: Splits, condensed: CondensedSet, seeds: int = 2) -
                       generator=torch.Generator().manual_seed(s))
         scores.append(accuracy(model, splits.test.images, splits.test.labels, prepare=splits.normalize))
     return sum(scores) / len(scores)
+
+
+def without_timings(info: dict) -> dict:
+    """A condensed set's info without its wall-clock seconds (the only part a resume may change);
+    the checkpoints' iterations and val scores stay."""
+    out = dict(info)
+    if "checkpoints" in out:
+        out["checkpoints"] = [(it, val) for it, _seconds, val in out["checkpoints"]]
+    return out

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from medbench.devices import to_device
 from medbench.errors import CellFailed
 from medbench.method import CondensedSet, DistillTask
 from medbench.storage.files import atomic_write_bytes
-from medbench.training import candidate_accuracy
+from medbench.training import candidate_scores
 from medbench.whitening import ZCA
 
 from .buffer import ExpertBuffer, FlatParams, build_seeded, derived_seed, make_augment
@@ -78,6 +79,8 @@ class _State:
     generator: torch.Tensor
     skipped: int = 0  # iterations whose update the threshold skipped
     momentum: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0  # distillation seconds so far (checkpoint scoring excluded), across resumes
+    checkpoints: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)  # (it, seconds, val)
 
     _TENSORS = ("images", "labels", "best_images", "best_labels", "generator")
 
@@ -87,7 +90,8 @@ class _State:
         tensors.update({f"momentum_{k}": v.reshape(-1) if k == "lr" else v for k, v in self.momentum.items()})
         meta = {"digest": digest, "iteration": str(self.iteration), "best_lr": repr(self.best_lr),
                 "best_iteration": str(self.best_iteration), "best_val": repr(self.best_val),
-                "skipped": str(self.skipped)}
+                "skipped": str(self.skipped), "seconds": repr(self.seconds),
+                "checkpoints": json.dumps(self.checkpoints)}
         payload = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
         atomic_write_bytes(path, payload)
 
@@ -109,7 +113,8 @@ class _State:
         return cls(int(meta["iteration"]), tensors["images"], tensors["lr"][0], tensors["labels"],
                    tensors["best_images"], tensors["best_labels"], float(meta["best_lr"]),
                    int(meta["best_iteration"]), float(meta["best_val"]), tensors["generator"],
-                   int(meta.get("skipped", 0)), momentum)
+                   int(meta.get("skipped", 0)), momentum, float(meta.get("seconds", 0.0)),
+                   [tuple(c) for c in json.loads(meta.get("checkpoints", "[]"))])
 
 
 def params_digest(params: Any, task: DistillTask, name: str) -> str:
@@ -123,8 +128,8 @@ def set_labels(labels: torch.Tensor) -> torch.Tensor:
     return labels.softmax(1) if labels.is_floating_point() else labels
 
 
-def val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, lr: float, params: Any,
-                 zca: ZCA | None, iteration: int, augment: Any | None) -> float:
+def val_scores(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, lr: float, params: Any,
+               zca: ZCA | None, iteration: int, augment: Any | None) -> dict[str, float]:
     """Score a checkpoint: a quickly trained network on the set, evaluated on val (never test).
 
     Trained as the protocol trains (SGD 0.9, wd 5e-4, lr step at half) with the learned lr, the
@@ -136,9 +141,9 @@ def val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, 
         x = task.normalize(x)
         return zca(x) if zca is not None else x
 
-    return candidate_accuracy(model, images.detach(), set_labels(labels.detach()), task.val.images, task.val.labels,
-                              epochs=params.eval_epochs, lr=lr, generator=torch.Generator().manual_seed(seed),
-                              augment=augment, prepare=prepare)
+    return candidate_scores(model, images.detach(), set_labels(labels.detach()), task.val.images, task.val.labels,
+                            epochs=params.eval_epochs, lr=lr, generator=torch.Generator().manual_seed(seed),
+                            augment=augment, prepare=prepare)
 
 
 def _divergence(loss: torch.Tensor, lr: torch.Tensor) -> str:
@@ -169,11 +174,16 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
     digest = params_digest(params, task, matching.name)
     state_path = task.checkpoint_dir / f"{matching.name}_state.safetensors" if task.checkpoint_dir else None
     state = _State.load(state_path, digest) if state_path and state_path.is_file() else None
+    def score(images: torch.Tensor, labels: torch.Tensor, lr: float, iteration: int, seconds: float) -> float:
+        scores = val_scores(task, images, labels, lr, params, zca, iteration, augment)
+        task.checkpoint(iteration, seconds, scores)
+        return scores["accuracy"]
+
     if state is None:
         images0, labels0 = matching.images.detach().clone(), matching.labels.detach().clone()
-        val = val_accuracy(task, images0, labels0, params.lr_teacher, params, zca, 0, augment)
+        val = score(images0, labels0, params.lr_teacher, 0, 0.0)
         state = _State(0, images0, torch.tensor(params.lr_teacher), labels0, images0.clone(), labels0.clone(),
-                       params.lr_teacher, 0, val, generator.get_state())
+                       params.lr_teacher, 0, val, generator.get_state(), checkpoints=[(0, 0.0, val)])
     generator.set_state(state.generator)
     images = state.images.to(task.device).requires_grad_(True)
     lr = state.lr.to(task.device).requires_grad_(True)
@@ -189,25 +199,32 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
 
     def result(st: _State, status: str) -> CondensedSet:
         extras = zca.to_extras() if zca is not None else {}
-        scored = sum(1 for d in range(1, st.iteration + 1) if d % params.eval_every == 0 or d == params.iterations)
-        info = {"chosen_iteration": st.best_iteration, "candidates": 1 + scored, "val_accuracy": st.best_val,
+        info = {"chosen_iteration": st.best_iteration, "candidates": len(st.checkpoints), "val_accuracy": st.best_val,
                 "learned_lr": st.best_lr, "iterations_run": st.iteration, "status": status,
                 "implementation": params.implementation, "expert_buffer": str(buffer.path),
                 "expert_test_accuracy": None if math.isnan(expert_acc) else expert_acc, "zca": zca is not None,
+                "checkpoints": st.checkpoints,
+                **({"stopped_by_budget": st.iteration} if task.over_budget(st.seconds)
+                   and st.iteration < params.iterations else {}),
                 **({"skipped_updates": st.skipped} if matching.threshold is not None else {}), **matching.info}
         return CondensedSet(st.best_images.detach().float().cpu(), set_labels(st.best_labels.detach()).cpu(),
                             lr=st.best_lr, extras=extras, info=info)
 
-    def snapshot(iteration: int, skipped: int) -> _State:
+    def snapshot(iteration: int, skipped: int, seconds: float) -> _State:
         momentum = {k: opt.state[tensors[k]]["momentum_buffer"].clone() for k, opt in optimizers.items()
                     if opt.state[tensors[k]].get("momentum_buffer") is not None}
         return dataclasses.replace(state, iteration=iteration, images=images.detach().clone(),
                                    lr=lr.detach().clone(), labels=labels.detach().clone(),
-                                   generator=generator.get_state(), skipped=skipped, momentum=momentum)
+                                   generator=generator.get_state(), skipped=skipped, momentum=momentum,
+                                   seconds=seconds)
 
-    skipped = state.skipped
+    skipped, seconds = state.skipped, state.seconds
+    budget_hit = task.over_budget(seconds)
     task.report(state.iteration, params.iterations)
     for it in range(state.iteration, params.iterations):
+        if budget_hit:
+            break
+        started = time.perf_counter()
         expert = int(torch.randint(buffer.num_experts, (1,), generator=generator))
         low, high = matching.start_range(it)
         start_epoch = low + int(torch.randint(high - low, (1,), generator=generator))
@@ -228,12 +245,15 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
                    & torch.isfinite(labels).all())
         if not bool(healthy):
             raise Diverged(it, _divergence(out.loss, lr), result(state, f"diverged at iteration {it}"))
+        seconds += time.perf_counter() - started
         done = it + 1
         task.report(done, params.iterations)
-        if done % params.eval_every == 0 or done == params.iterations:
+        budget_hit = task.over_budget(seconds)
+        if done % params.eval_every == 0 or done == params.iterations or budget_hit:
             learned = float(lr.detach())
-            val = val_accuracy(task, images, labels, learned, params, zca, done, augment)
-            state = snapshot(done, skipped)
+            val = score(images, labels, learned, done, seconds)
+            state = snapshot(done, skipped, seconds)
+            state.checkpoints = [*state.checkpoints, (done, seconds, val)]
             if val > state.best_val:
                 state = dataclasses.replace(state, best_images=images.detach().clone(),
                                             best_labels=labels.detach().clone(), best_lr=learned,
