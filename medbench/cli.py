@@ -30,7 +30,7 @@ DEFAULTS = Protocol()
 # Modules that add sub-commands: each defines ``register(subparsers)`` and sets ``func`` on its
 # parser (``func(args) -> int``). Keeps one idea per module instead of one growing cli.py.
 COMMAND_MODULES: list[str] = ["medbench.reports.commands", "medbench.sharing.commands", "medbench.crossarch",
-                                 "medbench.bench"]
+                                 "medbench.bench", "medbench.tuning.commands"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -92,25 +92,8 @@ def parse_method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str,
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="medbench", description="Benchmark dataset distillation on medical images.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-
-    p = sub.add_parser("datasets", help="list registered datasets and whether they are present")
-    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
-                   help="MedMNIST root folder (default: %(default)s, as medmnist)")
-    p.add_argument("--size", type=int, default=28, help="image size to check for (default: %(default)s)")
-    p.set_defaults(func=cmd_datasets)
-
-    p = sub.add_parser("methods", help="list registered distillation methods")
-    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'd*'")
-    p.set_defaults(func=cmd_methods)
-
-    p = sub.add_parser(
-        "run", help="distil and evaluate a grid of cells, storing each result",
-        description="Run a grid (methods × datasets × IPC × seeds) from options, a grid file or a preset. "
-                    "Options given here override the file. Stored cells are skipped (resume).")
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """The grid, protocol and data options ``run`` and ``tune`` share."""
     p.add_argument("grid", nargs="?", type=Path, help="a grid YAML file (see examples/)")
     p.add_argument("--preset", help="a named grid shipped with medbench, e.g. covid19-mtt")
     g = p.add_argument_group("grid")
@@ -147,12 +130,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-augment", dest="augment",
                    help="train-time augmentation of eval networks: none or dsa "
                         "(default: the protocol's; dsa: dsa, dc: none)")
-    r = p.add_argument_group("data, storage, execution")
+    r = p.add_argument_group("data and storage")
     r.add_argument("--data-root", type=Path, help=f"MedMNIST root folder (default: {DEFAULT_DATA_ROOT})")
     r.add_argument("--download", action="store_true", default=None,
                    help="fetch missing MedMNIST files with medmnist's download (MD5-checked)")
     r.add_argument("--db", type=Path, help=f"SQLite results database (default: {DEFAULT_DB})")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="medbench", description="Benchmark dataset distillation on medical images.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    p = sub.add_parser("datasets", help="list registered datasets and whether they are present")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
+                   help="MedMNIST root folder (default: %(default)s, as medmnist)")
+    p.add_argument("--size", type=int, default=28, help="image size to check for (default: %(default)s)")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("methods", help="list registered distillation methods")
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'd*'")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser(
+        "run", help="distil and evaluate a grid of cells, storing each result",
+        description="Run a grid (methods × datasets × IPC × seeds) from options, a grid file or a preset. "
+                    "Options given here override the file. Stored cells are skipped (resume).")
+    add_grid_arguments(p)
+    r = p.add_argument_group("execution")
     r.add_argument("--workers", type=_positive(int), help="cells run in parallel in a local process pool")
     r.add_argument("--executor", choices=["local", "process", "ray"],
                    help="local (in-process, default), process (pool of --workers) or ray")
@@ -169,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", type=Path, metavar="DIR",
                    help="afterwards, write the leaderboard, results.csv and index.html of the database here "
                         "(as `medbench report --db DB --out DIR`)")
+    r.add_argument("--tuned", action="store_true", default=None,
+                   help="use the configuration `medbench tune` stored for each method, dataset, size and IPC "
+                        "(where there is none, the parameters as given, and a line says so)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("protocols", help="list the named evaluation protocols with their settings and sources")
@@ -266,7 +275,7 @@ GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "se
                 "data_root": "data_root", "download": "download", "db": "db", "device": "device",
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
                 "ray_address": "ray_address", "eval_batching": "eval_batching",
-                "eval_compile": "eval_compile"}
+                "eval_compile": "eval_compile", "tuned": "tuned"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
@@ -279,7 +288,8 @@ def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
     protocol.update({k: getattr(args, k) for k in PROTOCOL_OPTIONS if getattr(args, k) is not None})
     protocol_name = fields.pop("protocol_name", DEFAULT_PROTOCOL)
     protocol_name = args.protocol or protocol_name
-    fields.update({field: getattr(args, opt) for opt, field in GRID_OPTIONS.items() if getattr(args, opt) is not None})
+    fields.update({field: getattr(args, opt) for opt, field in GRID_OPTIONS.items()
+                   if getattr(args, opt, None) is not None})
     methods = fields.get("methods", GridSpec.methods)
     method_args = fields.pop("method_args", {})
     for name, values in parse_method_args(args.method_args, methods).items():

@@ -141,6 +141,8 @@ class Method(Generic[P]):
     # Expensive work shared by all cells of a dataset (MTT's expert buffer), run once per dataset
     # by the harness before the cells: ``prepare(splits, params, model, progress)``.
     prepare: Callable[[Splits, P, ModelSpec, Callable[[int, int], None] | None], None] | None = None
+    # What ``medbench tune`` searches: field -> medbench.tuning.space.Dim (ranges, scales).
+    search_space: Mapping[str, Any] = field(default_factory=dict)
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> P:
         return hparams.build(self.params, values, context=f"method {self.name}")
@@ -150,13 +152,14 @@ METHODS: Registry[Method] = Registry("method", entry_point_group="medbench.metho
 
 
 def register_method(name: str, *, params: type = NoParams, uses_ipc: bool = True,
-                    prepare: Callable | None = None) -> Callable:
+                    prepare: Callable | None = None, search_space: Mapping[str, Any] | None = None) -> Callable:
     """Register ``fn(task, params) -> CondensedSet`` under ``name``; its docstring's first line
-    is the description ``medbench methods`` shows."""
+    is the description ``medbench methods`` shows. ``search_space``: the fields ``medbench tune``
+    searches, ``{field: Dim(low, high, scale)}`` (checked when tuning starts)."""
 
     def wrap(_name: str, fn: Callable) -> Method:
         description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        return Method(name, fn, params, description, uses_ipc, prepare)
+        return Method(name, fn, params, description, uses_ipc, prepare, dict(search_space or {}))
 
     return METHODS.decorator(name, wrap)
 

@@ -48,6 +48,7 @@ from medbench.methods.trajectory import (
 
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
+from medbench.tuning.space import Dim
 
 # (ipc bound, (min_start_epoch, current_max_start_epoch, max_start_epoch, expansion_end)): official CIFAR-10.
 RANGES = ((1, (0, 4, 4, 0)), (10, (0, 10, 20, 1000)), (None, (0, 20, 40, 2000)))
@@ -134,7 +135,12 @@ def _images(task: DistillTask, buffer: ExpertBuffer, indices: torch.Tensor) -> t
     return zca(images) if zca is not None else images
 
 
-@register_method("datm", params=DATMParams, prepare=prepare_buffer)
+# What `medbench tune` searches, around the official CIFAR-10 values.
+SEARCH_SPACE = {"lr_img": Dim(10.0, 1000.0, "log"), "lr_labels": Dim(0.5, 20.0, "log"),
+                "lr_lr": Dim(1e-7, 1e-3, "log"), "syn_steps": Dim(10, 80, "log", integer=True)}
+
+
+@register_method("datm", params=DATMParams, prepare=prepare_buffer, search_space=SEARCH_SPACE)
 def datm(task: DistillTask, params: DATMParams) -> CondensedSet:
     """Difficulty-aligned trajectory matching with learned soft labels (Guo et al., ICLR 2024)."""
     low, first, high, end = params.matching_range(task.ipc)

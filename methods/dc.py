@@ -29,6 +29,7 @@ from medbench.augment import SiameseAugment
 from medbench.devices import to_device
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
+from medbench.tuning.space import Dim
 
 from . import _synthetic as syn
 
@@ -220,13 +221,18 @@ def _run(task: DistillTask, params: DCParams, *, name: str, augment: bool) -> Co
     return syn.distill(task, params, name=name, step=make_step(task, params, aug), augment=aug)
 
 
-@register_method("dc", params=DCParams)
+# What `medbench tune` searches (official values: lr_img 0.1, loops by IPC).
+SEARCH_SPACE = {"lr_img": Dim(0.01, 10.0, "log"), "outer_loop": Dim(1, 50, "log", integer=True),
+                "inner_loop": Dim(1, 50, "log", integer=True)}
+
+
+@register_method("dc", params=DCParams, search_space=SEARCH_SPACE)
 def dc(task: DistillTask, params: DCParams) -> CondensedSet:
     """Dataset condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021)."""
     return _run(task, params, name="dc", augment=False)
 
 
-@register_method("dsa", params=DCParams)
+@register_method("dsa", params=DCParams, search_space=SEARCH_SPACE)
 def dsa(task: DistillTask, params: DCParams) -> CondensedSet:
     """Gradient matching with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)."""
     return _run(task, params, name="dsa", augment=True)

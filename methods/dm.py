@@ -14,6 +14,7 @@ import torch
 from medbench.augment import SiameseAugment
 from medbench.errors import MedbenchError
 from medbench.method import CondensedSet, DistillTask, register_method
+from medbench.tuning.space import Dim
 
 from . import _synthetic as syn
 
@@ -75,7 +76,7 @@ def matching_loss(task: DistillTask, images: torch.Tensor, generator: torch.Gene
     return embedding_gap(net, task, images, generator, batch_real=batch_real, augment=augment)[0]
 
 
-@register_method("dm", params=DMParams)
+@register_method("dm", params=DMParams, search_space={"lr_img": Dim(0.1, 100.0, "log")})
 def dm(task: DistillTask, params: DMParams) -> CondensedSet:
     """Distribution matching of mean embeddings under random networks (Zhao & Bilen, WACV 2023)."""
     aug = syn.augmenter(params.augment, task)

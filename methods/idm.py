@@ -38,6 +38,7 @@ from torch import nn
 from medbench import partition
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
+from medbench.tuning.space import Dim
 
 from . import _synthetic as syn
 from .dm import embedding_gap
@@ -169,7 +170,8 @@ def initial_tiles(task: DistillTask, factor: int) -> torch.Tensor:
     return partition.tile([p.float() for p in parts], factor)
 
 
-@register_method("idm", params=IDMParams)
+@register_method("idm", params=IDMParams,
+                 search_space={"lr_img": Dim(0.02, 20.0, "log"), "ce_weight": Dim(0.0, 2.0)})
 def idm(task: DistillTask, params: IDMParams) -> CondensedSet:
     """Improved distribution matching: partitioned images, a queue of trained networks, class-aware loss (CVPR 2023)."""
     aug = syn.augmenter(params.augment, task)

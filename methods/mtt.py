@@ -31,6 +31,7 @@ from medbench.methods.trajectory import (
 
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
+from medbench.tuning.space import Dim
 from medbench.whitening import ZCA
 
 __all__ = ["Diverged", "MTTParams", "mtt"]
@@ -94,7 +95,14 @@ def _init_images(task: DistillTask, params: MTTParams, generator: torch.Generato
     return zca(images) if zca is not None else images
 
 
-@register_method("mtt", params=MTTParams, prepare=prepare_buffer)
+# What `medbench tune` searches, around the official CIFAR values. lr_teacher is left out: it is also the
+# experts' training lr, so every value would train a new expert buffer.
+SEARCH_SPACE = {"lr_img": Dim(10.0, 10000.0, "log"), "lr_lr": Dim(1e-7, 1e-3, "log"),
+                "syn_steps": Dim(5, 60, "log", integer=True), "expert_epochs": Dim(1, 5, integer=True),
+                "max_start_epoch": Dim(2, 40, integer=True)}
+
+
+@register_method("mtt", params=MTTParams, prepare=prepare_buffer, search_space=SEARCH_SPACE)
 def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
     """Matching training trajectories (Cazenavette et al., 2022), exact gradient in J-independent memory."""
     buffer = open_buffer(task, params, params.max_start_epoch - 1 + params.expert_epochs)

@@ -33,11 +33,14 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     then every cell of that method is named with those parameters, e.g. ``mtt (iterations=100)``,
     so two configurations are never passed off as repeated runs of one. A configuration equal to the
     method's defaults keeps the plain name (so ``random`` stays the baseline beside
-    ``random (candidates=5)``)."""
-    params = {cid: json.loads(config).get("params") or {}
-              for cid, config in zip(cells.cell_id, cells.config, strict=True)}
+    ``random (candidates=5)``). Cells run with a stored tuning (``run --tuned``) are ``method (tuned)``."""
+    configs = {cid: json.loads(config) for cid, config in zip(cells.cell_id, cells.config, strict=True)}
+    params = {cid: c.get("params") or {} for cid, c in configs.items()}
     names = dict(zip(cells.cell_id, cells.method, strict=True))
-    for method, group in cells.groupby("method"):
+    tuned = {cid for cid, c in configs.items() if c.get("tuning")}
+    for cid in tuned:  # tuned rows are named as such and never pooled with a default row
+        names[cid] = f"{names[cid]} (tuned)"
+    for method, group in cells[~cells.cell_id.isin(tuned)].groupby("method"):
         varying: set[str] = set()
         for _, pool in group.groupby(POOLED, dropna=False):
             configs = [params[cid] for cid in pool.cell_id]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class Cell:
     seed: int
     params: dict[str, Any]  # the method's complete hyper-parameters, defaults included
     protocol: Protocol
+    tuning: dict[str, Any] | None = None  # the stored tuning these params come from (``run --tuned``)
 
     @property
     def protocol_id(self) -> str:
@@ -40,8 +42,10 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
+        # A tuned cell is never the default cell, even where the search chose the default values.
+        tuned = [self.tuning["tuning_id"]] if self.tuning else []
         return digest([self.method, self.dataset, self.size, self.ipc, self.seed, self.params,
-                        self.protocol.identity()])
+                       self.protocol.identity(), *tuned])
 
     @property
     def label(self) -> str:
@@ -70,6 +74,7 @@ class GridSpec:
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or HOST:PORT to join one
     eval_batching: str = "auto"  # how the K eval networks are trained; same numbers, so not part of a cell
     eval_compile: str = "off"  # torch.compile / CUDA graphs for eval training (speed only, like eval_batching)
+    tuned: bool = False  # use the configurations `medbench tune` stored in ``db``
 
 
 def _dataset_key(ref: str, size: int | None) -> str:
@@ -125,4 +130,29 @@ def expand(spec: GridSpec) -> list[Cell]:
             for ipc in spec.ipcs if method.uses_ipc else [None]:
                 for seed in spec.seeds:
                     cells.append(Cell(name, dataset, size, ipc, seed, params[name], spec.protocol))
-    return cells
+    return _with_tuning(cells, Path(spec.db)) if spec.tuned else cells
+
+
+def _with_tuning(cells: list[Cell], db: Path) -> list[Cell]:
+    """Cells with the configuration ``medbench tune`` chose for their method, dataset, size and IPC
+    (merged over the grid's parameters); one line per key that has none."""
+    from medbench.tuning.records import TuningRecords, cell_key
+
+    records = TuningRecords(db, readonly=True) if db.is_file() and db.stat().st_size else None
+    out, missing = [], {}
+    for cell in cells:
+        model = cell.protocol.model_spec()
+        key = cell_key(cell.method, cell.dataset, cell.size, cell.ipc, [model.name, model.options])
+        chosen = records.chosen(key) if records is not None and cell.ipc is not None else None
+        if chosen is None:
+            missing.setdefault((cell.method, Path(cell.dataset).name, cell.ipc), None)
+            out.append(cell)
+            continue
+        params = as_dict(get_method(cell.method).make_params({**cell.params, **chosen["config"]}))
+        out.append(replace(cell, params=params, tuning={k: chosen[k] for k in
+                                                        ("tuning_id", "config", "objective", "value", "rescored",
+                                                         "budget")}))
+    for method, dataset, ipc in missing:
+        print(f"medbench: no tuned configuration for {method} · {dataset} · ipc {ipc} in {db}; "
+              f"using its parameters as given", file=sys.stderr)
+    return out

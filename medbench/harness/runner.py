@@ -94,7 +94,8 @@ def _base_record(cell: Cell, splits: Splits, **fields) -> CellRecord:
         cell_id=cell.cell_id, method=cell.method, dataset=splits.name, size=splits.size, ipc=cell.ipc,
         seed=cell.seed, protocol_id=cell.protocol_id,
         config={"method": cell.method, "params": cell.params, "protocol": cell.protocol.record(),
-                "dataset_ref": cell.dataset, "dataset": splits.describe(), **fields.pop("config", {})},
+                "dataset_ref": cell.dataset, "dataset": splits.describe(),
+                **({"tuning": cell.tuning} if cell.tuning else {}), **fields.pop("config", {})},
         environment=environment(splits.device), **fields,
     )
 
