@@ -145,6 +145,14 @@ FIXTURES: dict[str, Callable[[Path], Path]] = {
     "bench_foreign.json": _json({"a": 1}),
     "bench_invalid.json": _text("{"),
     "reference_bad.yaml": _text("not: [valid\n"),
+    "space_unknown.yaml": _text("dm: {lr_imgg: {low: 1, high: 2}}\n"),
+    "space_range.yaml": _text("dm: {lr_img: {low: 5, high: 1}}\n"),
+    "space_log.yaml": _text("dm: {lr_img: {low: 0, high: 1, scale: log}}\n"),
+    "space_scale.yaml": _text("dm: {lr_img: {low: 1, high: 2, scale: cubic}}\n"),
+    "space_int.yaml": _text("dm: {lr_img: {low: 1.5, high: 2, integer: true}}\n"),
+    "space_key.yaml": _text("dm: {lr_img: {low: 1, high: 2, step: 1}}\n"),
+    "space_word.yaml": _text("dm: {lr_img: {low: one, high: 2}}\n"),
+    "space_stray.yaml": _text("dc: {lr_img: {low: 1, high: 2}}\n"),
 }
 for _body_name, _body in {
     "g_not_yaml": "methods: [random\n", "g_list": None, "g_unknown_key": "colour: blue\n",
@@ -166,6 +174,7 @@ for _body_name, _body in {
 
 RUN = ["run", "--width", "4", "--epochs", "1", "--eval-models", "1", "--seeds", "0", "--no-progress"]
 RUN_TOY = [*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "out/r.sqlite"]
+TUNE = ["tune", "--datasets", "{toy.npz}", "--ipc", "1", "--db", "out/r.sqlite", "--width", "4", "--methods", "dm"]
 
 CASES: list[tuple[list[str], str]] = [
     # --- run: options --------------------------------------------------------------------------
@@ -338,6 +347,23 @@ CASES: list[tuple[list[str], str]] = [
     (["experts", "--dataset", "{text.npz}"], "not an npz file"),
     (["datasets", "--size", "abc"], "invalid int value"),
     (["nosuchcommand"], "invalid choice"),
+    # --- tune: search spaces and budgets (checked before the database exists) ---------------------
+    ([*TUNE, "--space", "{space_unknown.yaml}"], "unknown field 'lr_imgg'"),
+    ([*TUNE, "--space", "{space_range.yaml}"], "low 5 must be below high 1"),
+    ([*TUNE, "--space", "{space_log.yaml}"], "a log scale needs low > 0"),
+    ([*TUNE, "--space", "{space_scale.yaml}"], "unknown scale 'cubic'"),
+    ([*TUNE, "--space", "{space_int.yaml}"], "integer range needs integer bounds"),
+    ([*TUNE, "--space", "{space_key.yaml}"], "unknown key 'step'"),
+    ([*TUNE, "--space", "{space_word.yaml}"], "bounds must be finite numbers"),
+    ([*TUNE, "--space", "{space_stray.yaml}"], "search space for dc, which is not in the grid"),
+    ([*TUNE, "--space", "{list.yaml}"], "expected a mapping of method name"),
+    ([*TUNE, "--space", "{bad.yaml}"], "not valid YAML"),
+    ([*TUNE, "--space", "missing.yaml"], "cannot read the search space"),
+    ([*TUNE[:-1], "random"], "random has no search space"),
+    ([*TUNE, "--trials", "0"], "must be at least 1"),
+    ([*TUNE, "--time-budget", "-5"], "positive number of seconds"),
+    ([*TUNE, "--objective", "f1"], "invalid choice"),
+    ([*TUNE, "--method-args", "dm:lr_img=-1"], "lr_img must be positive"),
 ]
 
 
