@@ -47,6 +47,16 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _seconds_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}") from None
+    if not values or not all(0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(f"budget seconds must be positive, got {text!r}")
+    return values
+
+
 def _str_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
@@ -175,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", type=Path, metavar="DIR",
                    help="afterwards, write the leaderboard, results.csv and index.html of the database here "
                         "(as `medbench report --db DB --out DIR`)")
+    r.add_argument("--budget-seconds", type=_seconds_list, metavar="S[,S...]",
+                   help="stop every iterative method after S seconds of distillation, keeping its val-chosen "
+                        "checkpoint; several budgets run each such cell once per budget (equal-compute "
+                        "comparisons; default: no limit)")
     r.add_argument("--tuned", action="store_true", default=None,
                    help="use the configuration `medbench tune` stored for each method, dataset, size and IPC "
                         "(where there is none, the parameters as given, and a line says so)")
@@ -275,7 +289,7 @@ GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "se
                 "data_root": "data_root", "download": "download", "db": "db", "device": "device",
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
                 "ray_address": "ray_address", "eval_batching": "eval_batching",
-                "eval_compile": "eval_compile", "tuned": "tuned"}
+                "eval_compile": "eval_compile", "tuned": "tuned", "budget_seconds": "budgets"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:

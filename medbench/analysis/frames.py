@@ -33,14 +33,18 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     then every cell of that method is named with those parameters, e.g. ``mtt (iterations=100)``,
     so two configurations are never passed off as repeated runs of one. A configuration equal to the
     method's defaults keeps the plain name (so ``random`` stays the baseline beside
-    ``random (candidates=5)``). Cells run with a stored tuning (``run --tuned``) are ``method (tuned)``."""
+    ``random (candidates=5)``). Cells run with a stored tuning (``run --tuned``) are ``method (tuned)``,
+    cells stopped at a distillation budget ``method (30 s)``."""
     configs = {cid: json.loads(config) for cid, config in zip(cells.cell_id, cells.config, strict=True)}
     params = {cid: c.get("params") or {} for cid, c in configs.items()}
     names = dict(zip(cells.cell_id, cells.method, strict=True))
     tuned = {cid for cid, c in configs.items() if c.get("tuning")}
     for cid in tuned:  # tuned rows are named as such and never pooled with a default row
         names[cid] = f"{names[cid]} (tuned)"
-    for method, group in cells[~cells.cell_id.isin(tuned)].groupby("method"):
+    budgeted = {cid for cid, c in configs.items() if c.get("budget_seconds") is not None}
+    for cid in budgeted:  # a run stopped at a distillation budget is its own row
+        names[cid] = f"{names[cid]} ({configs[cid]['budget_seconds']:g} s)"
+    for method, group in cells[~cells.cell_id.isin(tuned | budgeted)].groupby("method"):
         varying: set[str] = set()
         for _, pool in group.groupby(POOLED, dropna=False):
             configs = [params[cid] for cid in pool.cell_id]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class Cell:
     params: dict[str, Any]  # the method's complete hyper-parameters, defaults included
     protocol: Protocol
     tuning: dict[str, Any] | None = None  # the stored tuning these params come from (``run --tuned``)
+    budget: float | None = None  # distillation seconds an iterative method may spend (None: no limit)
 
     @property
     def protocol_id(self) -> str:
@@ -44,12 +45,14 @@ class Cell:
     def cell_id(self) -> str:
         # A tuned cell is never the default cell, even where the search chose the default values.
         tuned = [self.tuning["tuning_id"]] if self.tuning else []
+        budget = [{"budget_seconds": self.budget}] if self.budget is not None else []
         return digest([self.method, self.dataset, self.size, self.ipc, self.seed, self.params,
-                       self.protocol.identity(), *tuned])
+                       self.protocol.identity(), *tuned, *budget])
 
     @property
     def label(self) -> str:
-        return f"{self.method} · {Path(self.dataset).stem} · ipc {self.ipc or 'full'} · seed {self.seed}"
+        budget = f" · {self.budget:g} s" if self.budget is not None else ""
+        return f"{self.method} · {Path(self.dataset).stem} · ipc {self.ipc or 'full'} · seed {self.seed}{budget}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class GridSpec:
     eval_batching: str = "auto"  # how the K eval networks are trained; same numbers, so not part of a cell
     eval_compile: str = "off"  # torch.compile / CUDA graphs for eval training (speed only, like eval_batching)
     tuned: bool = False  # use the configurations `medbench tune` stored in ``db``
+    # Distillation budgets in seconds: every cell of an iterative method once per budget, stopped there
+    # with its val-chosen checkpoint (equal-compute comparisons); () or (None,): no budget.
+    budgets: tuple[float | None, ...] = (None,)
 
 
 def _dataset_key(ref: str, size: int | None) -> str:
@@ -115,6 +121,8 @@ def expand(spec: GridSpec) -> list[Cell]:
         raise MedbenchError(f"unknown executor {spec.executor!r}; choose local, process or ray")
     if spec.workers < 1:
         raise MedbenchError(f"workers must be at least 1, got {spec.workers}")
+    if any(b is not None and not (b > 0 and b != float("inf")) for b in spec.budgets):
+        raise MedbenchError(f"budget seconds must be positive, got {', '.join(map(str, spec.budgets))}")
     stray = sorted(set(spec.method_args) - set(spec.methods))
     if stray:
         raise MedbenchError(f"method arguments given for {', '.join(stray)}, which is not in the grid")
@@ -127,10 +135,19 @@ def expand(spec: GridSpec) -> list[Cell]:
     cells = []
     for dataset, size in datasets:
         for name, method in methods.items():
+            # A method that does not iterate (random, coresets, full) has nothing to stop: one cell, no budget.
+            budgets = (spec.budgets or (None,)) if _iterates(method) else (None,)
             for ipc in spec.ipcs if method.uses_ipc else [None]:
-                for seed in spec.seeds:
-                    cells.append(Cell(name, dataset, size, ipc, seed, params[name], spec.protocol))
+                for budget in budgets:
+                    for seed in spec.seeds:
+                        cells.append(Cell(name, dataset, size, ipc, seed, params[name], spec.protocol,
+                                          budget=budget))
     return _with_tuning(cells, Path(spec.db)) if spec.tuned else cells
+
+
+def _iterates(method: Any) -> bool:
+    """Whether a method distils in iterations (and so honours a distillation budget)."""
+    return any(f.name == "iterations" for f in fields(method.params)) if is_dataclass(method.params) else False
 
 
 def _with_tuning(cells: list[Cell], db: Path) -> list[Cell]:

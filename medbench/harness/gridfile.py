@@ -36,7 +36,7 @@ from medbench.errors import MedbenchError
 PLAIN_TYPES: dict[str, type] = {"size": int, "download": bool, "device": str, "retry_failed": bool, "workers": int,
                                 "executor": str, "ray_address": str, "eval_batching": str, "eval_compile": str,
                                 "tuned": bool}
-KEYS = {"methods", "datasets", "ipc", "seeds", "protocol", "eval", "data_root", "db", *PLAIN_TYPES}
+KEYS = {"methods", "datasets", "ipc", "seeds", "budget_seconds", "protocol", "eval", "data_root", "db", *PLAIN_TYPES}
 PRESET_PACKAGE = "medbench.presets"
 
 
@@ -127,6 +127,11 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     for key, target in (("ipc", "ipcs"), ("seeds", "seeds")):
         if key in raw:
             out[target] = _integers(raw[key], key, path)
+    if "budget_seconds" in raw:
+        budgets = _as_list(raw["budget_seconds"], "budget_seconds", path)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in budgets):
+            raise MedbenchError(f"{path}: budget_seconds must be numbers of seconds, got {raw['budget_seconds']!r}")
+        out["budgets"] = tuple(float(v) for v in budgets)
     if "eval" in raw:
         if not isinstance(raw["eval"], dict):
             raise MedbenchError(f"{path}: eval must be a mapping of protocol settings")

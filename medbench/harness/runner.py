@@ -95,7 +95,8 @@ def _base_record(cell: Cell, splits: Splits, **fields) -> CellRecord:
         seed=cell.seed, protocol_id=cell.protocol_id,
         config={"method": cell.method, "params": cell.params, "protocol": cell.protocol.record(),
                 "dataset_ref": cell.dataset, "dataset": splits.describe(),
-                **({"tuning": cell.tuning} if cell.tuning else {}), **fields.pop("config", {})},
+                **({"tuning": cell.tuning} if cell.tuning else {}),
+                **({"budget_seconds": cell.budget} if cell.budget is not None else {}), **fields.pop("config", {})},
         environment=environment(splits.device), **fields,
     )
 
@@ -115,7 +116,7 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
     task = DistillTask(
         train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=cell.ipc or 0,
         seed=cell.seed, device=splits.device, normalize=splits.normalize, model=cell.protocol.model_spec(),
-        checkpoint_dir=workdir / "checkpoints" / cell.cell_id, progress=bar.update,
+        checkpoint_dir=workdir / "checkpoints" / cell.cell_id, progress=bar.update, budget_seconds=cell.budget,
     )
     torch.manual_seed(cell.seed)  # for methods that draw from the global generator
     try:
