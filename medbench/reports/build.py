@@ -22,6 +22,7 @@ from medbench.analysis.seeds import TEST_NAME, seed_means
 from medbench.errors import MedbenchError
 from medbench.evaluation.protocol import HARD_LABELS
 from medbench.reports import figures
+from medbench.reports.compute import budget_frame, equal_budget_table
 from medbench.reports.published import Reference, comparison_table, settings_table
 from medbench.reports.tables import (
     ACC as ACC_COLUMN,
@@ -68,6 +69,8 @@ class Section:
     agg: pd.DataFrame
     notes: list[str]
     published: list[Table] = field(default_factory=list)  # with --reference: the paper's numbers beside ours
+    compute: pd.DataFrame | None = None  # per-seed accuracy within distillation budgets (reports.compute)
+    equal_budget: Table | None = None
 
 
 def tidy_results(store: Store) -> pd.DataFrame:
@@ -130,8 +133,12 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
             corr.notes.append("no method other than random/full has a random baseline at the same IPC here")
         gains = frame_table(gain_frame(points[points.protocol_id == pid]), "Gain over random per dataset")
         gains.notes.append(caption)
+        budgets = budget_frame(cells, values[values.protocol_id == pid])
+        equal = equal_budget_table(budgets, pid)
+        if equal is not None:
+            equal.notes.insert(0, caption)
         sections.append(Section(pid, describe_protocol(settings.get(pid, {}), pid), caption, tables, corr, gains,
-                                mine, sub, failed_notes(store, pid), published))
+                                mine, sub, failed_notes(store, pid), published, budgets, equal))
     return sections
 
 
@@ -175,6 +182,8 @@ def leaderboard_markdown(sections: list[Section], db: Path, across: Table | None
         for t in s.published:
             lines.append(_md_table(t, heading="###"))
         lines += [_md_table(s.correlation, CORR_NOTE, "###"), _md_table(s.gains, GAIN_NOTE, "###")]
+        if s.equal_budget is not None:
+            lines.append(_md_table(s.equal_budget, heading="###"))
         lines += [f"- {n}" for n in s.notes]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -293,6 +302,10 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int,
             out.append(_img(figures.correlation_scatter(s.results, f"Distilled vs random · {s.caption}"),
                             "distilled vs random"))
         out.append(_html_table(s.gains, GAIN_NOTE, heading="h3"))
+        if s.equal_budget is not None and s.compute is not None:
+            out.append(_html_table(s.equal_budget, heading="h3"))
+            out.append(_img(figures.anytime(s.compute, f"Accuracy within a distillation budget · {s.caption}"),
+                            "accuracy against distillation seconds"))
         grids = image_grids(store, db, s.protocol_id, per_class, budget, shown)
         if grids:
             out.append("<h3>Condensed sets</h3><p class=\"note\">One row (below 3 images per class: one column) "

@@ -175,3 +175,36 @@ def png_base64(pixels: np.ndarray) -> str:
     rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
     plt.imsave(buffer, rgb, format="png")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def anytime(frame: pd.DataFrame, title: str) -> str | None:
+    """One panel per (dataset, IPC): test accuracy reached within a distillation budget, per method
+    (mean and ± std band across seeds; log-scaled seconds); a run without a budget at its mean
+    distillation time (open marker); random as a dashed line."""
+    if frame.empty:
+        return None
+    panels = sorted({(d, int(i)) for d, i in zip(frame.dataset, frame.ipc, strict=True)}, key=str)
+    palette = colors(list(frame.method.unique()))
+    fig, axes = _grid(len(panels))
+    for ax, (dataset, ipc) in zip(axes, panels, strict=True):
+        sub = frame[(frame.dataset == dataset) & (frame.ipc == ipc)]
+        for method in method_order(list(sub.method.unique())):
+            cells = sub[sub.method == method]
+            if cells.budget.isna().all():
+                mean = cells.accuracy.mean()
+                ax.axhline(100 * mean, color=palette[method], ls="--", lw=1, label=method)
+                continue
+            stats = cells.dropna(subset=["budget"]).groupby("budget").accuracy.agg(["mean", "std"]).reset_index()
+            x, m, sd = stats.budget.to_numpy(), 100 * stats["mean"].to_numpy(), 100 * stats["std"].fillna(0).to_numpy()
+            ax.plot(x, m, marker="o", ms=3, color=palette[method], label=method)
+            ax.fill_between(x, m - sd, m + sd, color=palette[method], alpha=0.15, lw=0)
+            full = cells[cells.budget.isna()]
+            if len(full):
+                ax.plot(full.seconds.mean(), 100 * full.accuracy.mean(), marker="o", mfc="none", color=palette[method])
+        ax.set_xscale("log")
+        ax.set_title(f"{Path(dataset).stem} · IPC {ipc}")
+        ax.set_xlabel("distillation seconds")
+        ax.set_ylabel("test accuracy %")
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    return to_base64(fig)

@@ -98,6 +98,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from medbench.tuning.records import TuningRecords
     from medbench.tuning.search import TuneSettings, tune_cell
 
+    try:
+        import optuna  # noqa: F401
+        import ray.tune  # noqa: F401
+    except ImportError as exc:
+        raise MedbenchError(f"medbench tune needs Ray Tune and Optuna ({exc.name} is missing): "
+                            "pip install 'medbench[ray]'") from None
     spec = grid_spec_from_args(args)
     spec = dataclasses.replace(spec, tuned=False)
     overrides = _spaces(args.space)

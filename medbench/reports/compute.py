@@ -1,0 +1,72 @@
+"""Equal compute: what each method reaches within a distillation budget.
+
+Cells run with ``--budget-seconds`` stop each iterative method after that many seconds of
+distillation and keep the checkpoint validation chose so far; their test accuracy is "the accuracy
+the method reaches at that budget". The anytime figure draws it against the budget (one line per
+method, the band is ± the std across seeds; a run without a budget is drawn at its own mean
+distillation time), random selection as a flat line (it costs no distillation); the table gives
+the same numbers at each budget, side by side.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from medbench.analysis.frames import base_method, ipc_label
+from medbench.reports.tables import Table, method_order, pm
+
+COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "accuracy", "seconds"]
+
+
+def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
+    """Per seed: test accuracy (mean over its networks), the cell's budget (NaN: none) and its
+    distillation seconds, for datasets/IPCs where some cell ran with a budget."""
+    acc = values[values.metric == "accuracy"]
+    if acc.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    configs = {cid: json.loads(c) for cid, c in zip(cells.cell_id, cells.config, strict=True)}
+    # Distillation seconds as the budget counts them (checkpoint scoring excluded) where the method
+    # recorded them, else the cell's whole distillation time.
+    seconds = {cid: (configs[cid].get("condensed_info") or {}).get("checkpoints", [[0, total]])[-1][1]
+               for cid, total in zip(cells.cell_id, cells.distill_seconds, strict=True)}
+    per_cell = acc.groupby(["cell_id", "protocol_id", "dataset", "size", "ipc", "method", "seed"],
+                           dropna=False).value.mean().reset_index()
+    per_cell["budget"] = [configs[c].get("budget_seconds", np.nan) for c in per_cell.cell_id]
+    per_cell["seconds"] = [seconds.get(c, np.nan) for c in per_cell.cell_id]
+    per_cell["method"] = per_cell.method.map(base_method)
+    per_cell = per_cell.rename(columns={"value": "accuracy"})
+    keys = ["protocol_id", "dataset", "size", "ipc"]
+    has_budget = per_cell.groupby(keys, dropna=False).budget.transform(lambda b: b.notna().any())
+    return per_cell[has_budget & per_cell.ipc.notna()][COLUMNS].reset_index(drop=True)
+
+
+def equal_budget_table(frame: pd.DataFrame, protocol_id: str) -> Table | None:
+    """Rows: dataset, IPC, budget; columns: every method's test accuracy (mean ± std across seeds)."""
+    sub = frame[frame.protocol_id == protocol_id]
+    if sub.empty:
+        return None
+    methods = method_order(list(sub.method.unique()))
+    rows = []
+    for (dataset, _size, ipc), group in sub.groupby(["dataset", "size", "ipc"], dropna=False, sort=True):
+        budgets = sorted(group.budget.dropna().unique())
+        for budget in [*budgets, None]:
+            row = {"dataset": dataset, "IPC": str(ipc_label(ipc)),
+                   "distillation budget": f"{budget:g} s" if budget is not None else "none (full run)"}
+            for m in methods:
+                cells = group[group.method == m]
+                # Methods that do not distil (random) cost nothing: the same value at every budget.
+                pick = cells[cells.budget.isna()] if budget is None or cells.budget.isna().all() else \
+                    cells[cells.budget == budget]
+                per_seed = pick.accuracy
+                row[m] = pm(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else np.nan) + \
+                    (f" ({pick.seconds.mean():.0f} s)" if budget is None and m != "random" and len(pick) else "") \
+                    if len(per_seed) else "—"
+            rows.append(row)
+    table = Table("Accuracy at equal distillation budget", ["dataset", "IPC", "distillation budget", *methods], rows)
+    table.notes.append("Test accuracy %, mean ± std across seeds, of the checkpoint each method's validation score "
+                       "chose within the budget (seconds of distillation, checkpoint scoring excluded); 'none': the "
+                       "run without a budget, with its mean distillation seconds. random distils nothing.")
+    return table
