@@ -169,6 +169,7 @@ for _body_name, _body in {
     "g_protocol_list": "protocol: [dc]\n", "g_protocol_unknown": "protocol: dcc\n",
     "g_batching": "eval_batching: 3\n", "g_db_under_file": "db: g_db_under_file.yaml/r.sqlite\n",
     "g_method_args_bad": "methods: {dc: {lr_img: -1}}\n", "g_method_unknown": "methods: [herding2]\n",
+    "g_budget_word": "budget_seconds: [ten]\n", "g_budget_zero": "budget_seconds: [0]\n",
 }.items():
     FIXTURES[f"{_body_name}.yaml"] = _text("- random\n") if _body is None else _grid(_body)
 
@@ -364,6 +365,11 @@ CASES: list[tuple[list[str], str]] = [
     ([*TUNE, "--time-budget", "-5"], "positive number of seconds"),
     ([*TUNE, "--objective", "f1"], "invalid choice"),
     ([*TUNE, "--method-args", "dm:lr_img=-1"], "lr_img must be positive"),
+    ([*RUN_TOY, "--budget-seconds", "0"], "budget seconds must be positive"),
+    ([*RUN_TOY, "--budget-seconds", "ten"], "expected comma-separated seconds"),
+    ([*RUN_TOY, "--budget-seconds", "inf"], "budget seconds must be positive"),
+    (["run", "{g_budget_word.yaml}"], "budget_seconds must be numbers of seconds"),
+    (["run", "{g_budget_zero.yaml}"], "budget seconds must be positive"),
 ]
 
 

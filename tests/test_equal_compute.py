@@ -1,0 +1,62 @@
+"""Equal compute: budgets expand into cells of iterative methods only, and the report's equal-budget
+table and anytime figure show what each method reached within each budget."""
+
+from __future__ import annotations
+
+import base64
+
+from _records import record, store_with
+
+from medbench.evaluation import Protocol
+from medbench.harness.grid import GridSpec, expand
+from medbench.reports import write_report
+from medbench.reports.compute import budget_frame, equal_budget_table
+from medbench.reports.figures import anytime
+from medbench.storage.store import Store
+
+
+def test_budgets_expand_iterative_methods_only_and_keep_unbudgeted_ids(toy_npz):
+    base = GridSpec(methods=("random", "dm", "herding"), datasets=(str(toy_npz),), ipcs=(1,), seeds=(0,),
+                    protocol=Protocol(width=4))
+    plain = expand(base)
+    budgeted = expand(GridSpec(**{**base.__dict__, "budgets": (5.0, 20.0)}))
+    assert [(c.method, c.budget) for c in budgeted] == [("random", None), ("dm", 5.0), ("dm", 20.0),
+                                                         ("herding", None)]
+    assert len({c.cell_id for c in budgeted}) == 4
+    ids = {c.method: c.cell_id for c in plain}
+    assert {c.cell_id for c in budgeted if c.budget is None} == {ids["random"], ids["herding"]}
+    assert ids["dm"] not in {c.cell_id for c in budgeted}  # a budgeted run is not the unlimited one
+
+
+def _budgeted(method, accs, seed, budget, seconds):
+    rec = record(method, "alpha", 10, accs, seed=seed, distill_seconds=seconds + 1, params={"tag": budget})
+    if budget is not None:
+        rec.config["budget_seconds"] = budget
+    rec.config["condensed_info"]["checkpoints"] = [[0, 0.0, 0.1], [5, seconds, 0.5]]
+    return rec
+
+
+def test_equal_budget_table_and_anytime_figure(tmp_path):
+    recs = []
+    for seed in range(3):
+        recs += [record("random", "alpha", 10, [0.40 + 0.01 * seed] * 2, seed=seed),
+                 _budgeted("dm", [0.50 + 0.01 * seed] * 2, seed, 10.0, 10.0),
+                 _budgeted("dm", [0.60 + 0.01 * seed] * 2, seed, 40.0, 40.0),
+                 _budgeted("dm", [0.70 + 0.01 * seed] * 2, seed, None, 120.0),
+                 _budgeted("mtt", [0.45 + 0.01 * seed] * 2, seed, 10.0, 10.0),
+                 _budgeted("mtt", [0.65 + 0.01 * seed] * 2, seed, 40.0, 40.0)]
+    db = store_with(tmp_path / "r.sqlite", recs)
+    from medbench.analysis.frames import model_scores
+
+    with Store(db, readonly=True) as store:
+        frame = budget_frame(store.cells(), model_scores(store))
+    assert set(frame.method) == {"random", "dm", "mtt"} and len(frame) == 18
+    table = equal_budget_table(frame, "p1")
+    rows = {r["distillation budget"]: r for r in table.rows}
+    assert rows["10 s"]["dm"] == "51.0 ± 1.0" and rows["10 s"]["mtt"] == "46.0 ± 1.0"
+    assert rows["40 s"]["mtt"] == "66.0 ± 1.0" and rows["40 s"]["random"] == "41.0 ± 1.0"
+    assert rows["none (full run)"]["dm"] == "71.0 ± 1.0 (120 s)" and rows["none (full run)"]["mtt"] == "—"
+    png = base64.b64decode(anytime(frame, "t"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    text = write_report(db, tmp_path / "out").leaderboard.read_text()
+    assert "### Accuracy at equal distillation budget" in text and "| dm (10 s) " in text
