@@ -117,6 +117,11 @@ def test_run_tuned_uses_the_stored_choice_and_says_where_there_is_none(tmp_path,
 
     text = write_report(db, tmp_path / "out").leaderboard.read_text()
     assert "| dm (tuned) " in text and "| dm " in text
+    section = text.split("### Tuned against default parameters", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| toy.npz") or "| dm " in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "dm" and cells[6] == "50.0" and cells[7] == "45.0"  # search and fresh-seed val
+    assert "7 trials, 12 s" in row and '{"lr_img": 7.5}' in row
 
 
 @pytest.fixture(scope="module")

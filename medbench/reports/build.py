@@ -42,6 +42,7 @@ from medbench.reports.tables import (
     protocol_comparison,
     selections,
 )
+from medbench.reports.tuned import tuned_table
 from medbench.storage.condensed_io import locate_condensed
 from medbench.storage.store import Store
 
@@ -71,6 +72,7 @@ class Section:
     published: list[Table] = field(default_factory=list)  # with --reference: the paper's numbers beside ours
     compute: pd.DataFrame | None = None  # per-seed accuracy within distillation budgets (reports.compute)
     equal_budget: Table | None = None
+    tuned: Table | None = None  # tuned against default rows (reports.tuned)
 
 
 def tidy_results(store: Store) -> pd.DataFrame:
@@ -96,6 +98,7 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
                    reference: Reference | None = None) -> list[Section]:
     values = model_scores(store, split="test").dropna(subset=["value"])
     values = values[values.metric.isin(["accuracy", "balanced_accuracy", HARD_LABELS + "accuracy"])]
+    val_values = model_scores(store, split="val").dropna(subset=["value"])
     agg = aggregate(values)
     per_seed = seed_means(values)
     comparisons = Comparisons(seed_stats.gains(per_seed), seed_stats.ranks(per_seed), selections(store),
@@ -137,8 +140,11 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
         equal = equal_budget_table(budgets, pid)
         if equal is not None:
             equal.notes.insert(0, caption)
+        versus_default = tuned_table(cells, values, val_values, pid)
+        if versus_default is not None:
+            versus_default.notes.insert(0, caption)
         sections.append(Section(pid, describe_protocol(settings.get(pid, {}), pid), caption, tables, corr, gains,
-                                mine, sub, failed_notes(store, pid), published, budgets, equal))
+                                mine, sub, failed_notes(store, pid), published, budgets, equal, versus_default))
     return sections
 
 
@@ -182,8 +188,7 @@ def leaderboard_markdown(sections: list[Section], db: Path, across: Table | None
         for t in s.published:
             lines.append(_md_table(t, heading="###"))
         lines += [_md_table(s.correlation, CORR_NOTE, "###"), _md_table(s.gains, GAIN_NOTE, "###")]
-        if s.equal_budget is not None:
-            lines.append(_md_table(s.equal_budget, heading="###"))
+        lines += [_md_table(t, heading="###") for t in (s.equal_budget, s.tuned) if t is not None]
         lines += [f"- {n}" for n in s.notes]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -302,6 +307,8 @@ def report_html(sections: list[Section], store: Store, db: Path, per_class: int,
             out.append(_img(figures.correlation_scatter(s.results, f"Distilled vs random · {s.caption}"),
                             "distilled vs random"))
         out.append(_html_table(s.gains, GAIN_NOTE, heading="h3"))
+        if s.tuned is not None:
+            out.append(_html_table(s.tuned, heading="h3"))
         if s.equal_budget is not None and s.compute is not None:
             out.append(_html_table(s.equal_budget, heading="h3"))
             out.append(_img(figures.anytime(s.compute, f"Accuracy within a distillation budget · {s.caption}"),
