@@ -175,3 +175,15 @@ def test_random_soft_is_randoms_subset_with_the_teachers_labels(task, experts_ro
         {**BUFFER, "experts_root": str(experts_root)})), correct_only=False)
     assert torch.allclose(out.labels, logits.softmax(1))
     assert dataclasses.replace(out, labels=out.hard_labels()).labels.tolist() == random_set.labels.tolist()
+
+
+def test_student_loss_equals_the_official_soft_cross_entropy():
+    """DATM's SoftCrossEntropy: sum(−log_softmax(x) · softmax(y)) / batch, y the label logits."""
+    from medbench.methods.trajectory.unroll import targets
+
+    from medbench.training import loss_fn
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    official = torch.sum(-torch.log_softmax(x, dim=1) * torch.softmax(y, dim=1)) / x.shape[0]
+    assert torch.allclose(loss_fn(x, targets(y)), official)

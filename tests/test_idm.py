@@ -127,3 +127,15 @@ def test_class_aware_term_weighs_in_once_the_queue_has_trained(splits):
 def test_bad_settings_are_refused(values):
     with pytest.raises(MedbenchError):
         get_method("idm").make_params(values)
+
+
+def test_expansion_equals_the_official_number_sign_augment():
+    """The official IDM code (dc_utils.number_sign_augment): quadrants top-left, bottom-left, top-right,
+    bottom-right of every image, each upsampled ×2 bilinearly, concatenated, labels repeated 4 times."""
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2])
+    h = 4
+    quads = [x[:, :, :h, :h], x[:, :, h:, :h], x[:, :, :h, h:], x[:, :, h:, h:]]
+    official = torch.cat([torch.nn.functional.interpolate(q, scale_factor=2, mode="bilinear") for q in quads])
+    images, labels = partition.expand(x, y, 2)
+    assert torch.allclose(images, official) and labels.tolist() == y.repeat(4).tolist()
