@@ -92,6 +92,20 @@ def as_dict(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params)
 
 
+# Field metadata key: a field added after results were stored names the value that reproduces the
+# behaviour from before it existed; holding that value, it is left out of a cell's identity, so the
+# stored cells keep their ids (any other value, the new default included, makes new cells).
+SINCE_KEY = "identity_omits"
+
+
+def identity(params_type: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as they enter a cell's identity (see :data:`SINCE_KEY`)."""
+    if not dataclasses.is_dataclass(params_type):
+        return values
+    omit = {f.name: f.metadata[SINCE_KEY] for f in dataclasses.fields(params_type) if SINCE_KEY in f.metadata}
+    return {k: v for k, v in values.items() if not (k in omit and v == omit[k])}
+
+
 def check(condition: bool, message: str) -> None:
     """Raise a user-facing error from a dataclass's ``__post_init__``."""
     if not condition:

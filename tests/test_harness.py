@@ -232,3 +232,18 @@ def test_merge_of_databases_in_one_folder(toy_npz, tmp_path):
     with Store(tmp_path / "a.sqlite") as store:
         assert store.merge(tmp_path / "b.sqlite") == 1
     assert len(medbench.results(tmp_path / "a.sqlite")) == 2
+
+
+def test_a_field_added_later_keeps_stored_ids_only_at_its_old_behaviour():
+    import dataclasses
+
+    from medbench import hparams
+
+    @dataclasses.dataclass(frozen=True)
+    class P:
+        a: int = 1
+        mode: str = dataclasses.field(default="new", metadata={hparams.SINCE_KEY: "old"})
+
+    assert hparams.identity(P, {"a": 1, "mode": "old"}) == {"a": 1}  # as cells stored before the field
+    assert hparams.identity(P, {"a": 1, "mode": "new"}) == {"a": 1, "mode": "new"}
+    assert hparams.identity(dict, {"x": 1}) == {"x": 1}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from medbench import hparams
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES, is_path_reference
 from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
@@ -46,7 +47,8 @@ class Cell:
         # A tuned cell is never the default cell, even where the search chose the default values.
         tuned = [self.tuning["tuning_id"]] if self.tuning else []
         budget = [{"budget_seconds": self.budget}] if self.budget is not None else []
-        return digest([self.method, self.dataset, self.size, self.ipc, self.seed, self.params,
+        params = hparams.identity(get_method(self.method).params, self.params)
+        return digest([self.method, self.dataset, self.size, self.ipc, self.seed, params,
                        self.protocol.identity(), *tuned, *budget])
 
     @property
