@@ -6,13 +6,14 @@ spread available, which the gain uncertainty and the regression tolerance both n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
 
 from medbench.errors import MedbenchError
 from medbench.evaluation.protocols import changed_fields
-from medbench.hparams import as_dict
+from medbench.hparams import SINCE_KEY, as_dict
 from medbench.method import get_method
 from medbench.storage.store import Store
 
@@ -36,7 +37,9 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     ``random (candidates=5)``). Cells run with a stored tuning (``run --tuned``) are ``method (tuned)``,
     cells stopped at a distillation budget ``method (30 s)``."""
     configs = {cid: json.loads(config) for cid, config in zip(cells.cell_id, cells.config, strict=True)}
-    params = {cid: c.get("params") or {} for cid, c in configs.items()}
+    # A parameter added after a cell was stored is read as the value that reproduces the old behaviour.
+    params = {cid: {**_old_behaviour(str(c.get("method", ""))), **(c.get("params") or {})}
+              for cid, c in configs.items()}
     names = dict(zip(cells.cell_id, cells.method, strict=True))
     tuned = {cid for cid, c in configs.items() if c.get("tuning")}
     for cid in tuned:  # tuned rows are named as such and never pooled with a default row
@@ -58,6 +61,17 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
                     continue
                 names[cid] = f"{method} ({', '.join(f'{k}={params[cid].get(k)}' for k in sorted(varying))})"
     return names
+
+
+def _old_behaviour(method: str) -> dict:
+    """Fields of ``method``'s params that name the value of the behaviour before they existed."""
+    try:
+        params = get_method(method).params
+    except MedbenchError:
+        return {}
+    if not dataclasses.is_dataclass(params):
+        return {}
+    return {f.name: f.metadata[SINCE_KEY] for f in dataclasses.fields(params) if SINCE_KEY in f.metadata}
 
 
 def _same(a: object, b: object) -> bool:
