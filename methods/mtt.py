@@ -15,7 +15,7 @@ The unroll and its exact constant-memory gradient (``implementation=tesla``, def
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -29,7 +29,7 @@ from medbench.methods.trajectory import (
     prepare_buffer,
 )
 
-from medbench.hparams import check
+from medbench.hparams import SINCE_KEY, check
 from medbench.method import CondensedSet, DistillTask, register_method
 from medbench.tuning.space import Dim
 from medbench.whitening import ZCA
@@ -52,6 +52,9 @@ class MTTParams(BufferParams):
     max_start_epoch: int = 25  # the start epoch is drawn from [0, max_start_epoch)
     lr_img: float = 1000.0  # official for CIFAR; diverged on BloodMNIST in one run, 100 worked
     lr_lr: float = 1e-5
+    # α learned as itself ("linear", the official code: it can turn negative) or as log α ("log": always
+    # positive; lr_lr then steps log α). Default chosen by measurement: reports/current_methods/README.md.
+    lr_space: Literal["log", "linear"] = field(default="log", metadata={SINCE_KEY: "linear"})
     momentum: float = 0.5  # SGD momentum for the images and for α
     batch_syn: int | None = None  # None: all synthetic images in every step
     iterations: int = 5000
@@ -78,6 +81,7 @@ def check_loop_params(p: MTTParams) -> None:
         value = getattr(p, name)
         check(value > 0 and math.isfinite(value), f"{name} must be positive, got {value}")
     check(0.0 <= p.momentum < 1.0, f"momentum must lie in [0, 1), got {p.momentum}")
+    check(p.lr_space in ("log", "linear"), f"lr_space must be log or linear, got {p.lr_space!r}")
     check(p.batch_syn is None or p.batch_syn >= 1, f"batch_syn must be at least 1, got {p.batch_syn}")
     check(p.iterations >= 0, f"iterations must be non-negative, got {p.iterations}")
     check(p.checkpoint_every is None or p.checkpoint_every >= 1,

@@ -179,14 +179,22 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
         task.checkpoint(iteration, seconds, scores)
         return scores["accuracy"]
 
+    # The learned step size α is learned as itself (the official parameterisation) or as log α, which
+    # keeps it positive whatever the gradient (``lr_space``); the state holds the learned parameter.
+    log_lr = params.lr_space == "log"
     if state is None:
         images0, labels0 = matching.images.detach().clone(), matching.labels.detach().clone()
         val = score(images0, labels0, params.lr_teacher, 0, 0.0)
-        state = _State(0, images0, torch.tensor(params.lr_teacher), labels0, images0.clone(), labels0.clone(),
+        alpha0 = torch.tensor(params.lr_teacher)
+        state = _State(0, images0, alpha0.log() if log_lr else alpha0, labels0, images0.clone(), labels0.clone(),
                        params.lr_teacher, 0, val, generator.get_state(), checkpoints=[(0, 0.0, val)])
     generator.set_state(state.generator)
     images = state.images.to(task.device).requires_grad_(True)
-    lr = state.lr.to(task.device).requires_grad_(True)
+    lr = state.lr.to(task.device).requires_grad_(True)  # α, or log α
+
+    def alpha() -> torch.Tensor:
+        return lr.detach().exp() if log_lr else lr.detach()
+
     labels = state.labels.to(task.device).requires_grad_(learn_labels)
     optimizers = {"images": torch.optim.SGD([images], lr=params.lr_img, momentum=params.momentum),
                   "lr": torch.optim.SGD([lr], lr=params.lr_lr, momentum=params.momentum)}
@@ -230,10 +238,13 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
         start_epoch = low + int(torch.randint(high - low, (1,), generator=generator))
         pair = to_device(buffer.snapshots(expert, [start_epoch, start_epoch + params.expert_epochs]), task.device)
         plan = plan_unroll(len(labels), batch, params.syn_steps, generator, augment, images.detach())
-        out = match(net, images, labels, lr, pair[0], pair[1], plan, augment, learn_labels=learn_labels, **extra)
+        step_size = alpha()
+        out = match(net, images, labels, step_size, pair[0], pair[1], plan, augment, learn_labels=learn_labels,
+                    **extra)
         # DATM's threshold: an iteration whose matching loss exceeds it changes nothing.
         if matching.threshold is None or float(out.loss) <= matching.threshold:
-            images.grad, lr.grad = out.grad_images, out.grad_lr.reshape(lr.shape)
+            grad_lr = out.grad_lr * step_size if log_lr else out.grad_lr  # ∂L/∂log α = α ∂L/∂α
+            images.grad, lr.grad = out.grad_images, grad_lr.reshape(lr.shape)
             if learn_labels:
                 labels.grad = out.grad_labels
             for opt in optimizers.values():
@@ -241,16 +252,17 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
         else:
             skipped += 1
         # One host sync per iteration for all the divergence checks; the reason only on failure.
-        healthy = (torch.isfinite(out.loss) & torch.isfinite(lr) & (lr > 0) & torch.isfinite(images).all()
+        learned = alpha()
+        healthy = (torch.isfinite(out.loss) & torch.isfinite(learned) & (learned > 0) & torch.isfinite(images).all()
                    & torch.isfinite(labels).all())
         if not bool(healthy):
-            raise Diverged(it, _divergence(out.loss, lr), result(state, f"diverged at iteration {it}"))
+            raise Diverged(it, _divergence(out.loss, learned), result(state, f"diverged at iteration {it}"))
         seconds += time.perf_counter() - started
         done = it + 1
         task.report(done, params.iterations)
         budget_hit = task.over_budget(seconds)
         if done % params.eval_every == 0 or done == params.iterations or budget_hit:
-            learned = float(lr.detach())
+            learned = float(alpha())
             val = score(images, labels, learned, done, seconds)
             state = snapshot(done, skipped, seconds)
             state.checkpoints = [*state.checkpoints, (done, seconds, val)]
