@@ -210,3 +210,12 @@ def test_default_params_use_the_default_buffer():
     from medbench.methods.trajectory import ExpertConfig
 
     assert MTTParams().expert_config() == ExpertConfig()
+
+
+def test_learning_log_alpha_keeps_the_lr_positive_where_alpha_itself_turns_negative(task, experts_root):
+    # A learning rate for α large enough to push it below zero in one step.
+    with pytest.raises(Diverged, match="learned lr -"):
+        run(task, experts_root, lr_lr=1.0, lr_space="linear")
+    out = run(task, experts_root, lr_lr=1.0, lr_space="log")
+    assert out.lr > 0 and out.info["status"] == "ok"
+    assert [c[0] for c in out.info["checkpoints"]] == [0, 2, 4]
