@@ -11,7 +11,8 @@ from medbench.registry import Registry
 
 def test_builtin_methods_are_listed_and_glob():
     assert {"random", "full"} <= set(medbench.list_methods())
-    assert medbench.list_methods("r*") == ["random"]
+    assert medbench.list_methods("r*") == ["random", "random_soft"]
+    assert {"herding", "kcenter", "datm", "idm", "mtt"} <= set(medbench.list_methods())
     assert medbench.list_methods("zz*") == []
 
 
