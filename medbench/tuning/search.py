@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -126,7 +127,13 @@ def _search(context: TrialContext, space: Mapping[str, Dim], settings: TuneSetti
                                         scheduler=scheduler, num_samples=samples, metric="objective", mode="max",
                                         time_budget_s=settings.time_budget),
             run_config=tune.RunConfig(storage_path=scratch, name=tid, callbacks=[StoreTrials()], verbose=0))
+        started = time.monotonic()
         tuner.fit()
+    # Ray Tune takes Ctrl-C itself and ends the run quietly: a search that stopped short of its trials
+    # without running out of time was interrupted. What finished is stored; stop here as an interrupt.
+    out_of_time = settings.time_budget is not None and time.monotonic() - started >= 0.9 * settings.time_budget
+    if counter["n"] < settings.trials and not out_of_time:
+        raise KeyboardInterrupt
 
 
 def _checkpoints_planned(context: TrialContext) -> int:
