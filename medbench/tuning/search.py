@@ -87,9 +87,11 @@ def _search(context: TrialContext, space: Mapping[str, Dim], settings: TuneSetti
     names = sorted(space)
     warm = [{k: t.config[k] for k in names} for t in done if all(k in t.config for k in names)]
     values = [t.value if t.value is not None else 0.0 for t in done if all(k in t.config for k in names)]
-    # A resumed search seeds its sampler by the trials already stored: with the seed of the first run it
-    # would propose the same first points again (TPE samples its start-up trials at random).
-    searcher = OptunaSearch(metric="objective", mode="max", seed=settings.searcher_seed + len(done),
+    # The sampler's seed: the searcher seed, the search (so two cells do not try the same points) and the
+    # trials already stored (a resumed search would otherwise propose the same first points again: TPE
+    # samples its start-up trials at random).
+    seed = (settings.searcher_seed + int(tid, 16) + len(done)) % 2**31
+    searcher = OptunaSearch(metric="objective", mode="max", seed=seed,
                             points_to_evaluate=warm or None, evaluated_rewards=values or None)
     max_t = _checkpoints_planned(context) + 1  # every checkpoint, then the trial's final report
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(max_t, settings.grace_checkpoints),
