@@ -46,6 +46,8 @@ from medbench.methods.trajectory import (
     teacher_logits,
 )
 
+from medbench.devices import to_device
+from medbench.errors import CellFailed, MedbenchError
 from medbench.hparams import check
 from medbench.method import CondensedSet, DistillTask, register_method
 from medbench.tuning.space import Dim
@@ -114,12 +116,13 @@ def teacher_start(task: DistillTask, buffer: ExpertBuffer, *, correct_only: bool
             slots = [int(i) for i in torch.nonzero((labels == c) & ~right).flatten()]
             if not slots:
                 continue
-            taken = set(int(i) for i in indices[labels == c])
-            pool = [i for i in order.tolist() if int(task.train.labels[i]) == c and i not in taken]
+            # The class's other images in the seeded order, as tensors (no per-image device sync).
+            ordered = to_device(order, task.train.labels.device)
+            pool = ordered[(task.train.labels[ordered] == c) & ~torch.isin(ordered, indices[labels == c])]
             for start in range(0, len(pool), 512):
                 if not slots:
                     break
-                batch = torch.tensor(pool[start:start + 512], device=task.device)
+                batch = pool[start:start + 512]
                 cand_logits, ok = teacher_logits(task, buffer, task.real(batch), task.train.labels[batch], zca)
                 for k in torch.nonzero(ok).flatten().tolist():
                     if not slots:
@@ -143,7 +146,10 @@ SEARCH_SPACE = {"lr_img": Dim(10.0, 1000.0, "log"), "lr_labels": Dim(0.5, 20.0, 
 @register_method("datm", params=DATMParams, prepare=prepare_buffer, search_space=SEARCH_SPACE)
 def datm(task: DistillTask, params: DATMParams) -> CondensedSet:
     """Difficulty-aligned trajectory matching with learned soft labels (Guo et al., ICLR 2024)."""
-    low, first, high, end = params.matching_range(task.ipc)
+    try:
+        low, first, high, end = params.matching_range(task.ipc)
+    except MedbenchError as exc:  # a range impossible at this IPC fails the cell, not the grid
+        raise CellFailed(str(exc)) from None
     buffer = open_buffer(task, params, high - 1 + params.expert_epochs)
     indices, logits, wrong = teacher_start(task, buffer, correct_only=True)
     matching = Matching("datm", _images(task, buffer, indices), logits,

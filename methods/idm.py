@@ -155,8 +155,9 @@ def class_contiguous(images: torch.Tensor, labels: torch.Tensor, classes: int,
 
 
 def initial_tiles(task: DistillTask, factor: int) -> torch.Tensor:
-    """Class-contiguous stored images: tile 0 random's subset of the seed, the other tiles further
-    real images of the same class (without replacement where the class has enough)."""
+    """Class-contiguous stored images: tile 0 random's subset of the seed, the other tiles real
+    images of the same class drawn uniformly with the seed (with replacement: a small class may
+    repeat an image, tile 0's included)."""
     first = task.initial_indices()
     if factor == 1:
         return task.real(first)

@@ -110,7 +110,8 @@ SEARCH_SPACE = {"lr_img": Dim(10.0, 10000.0, "log"), "lr_lr": Dim(1e-7, 1e-3, "l
 def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
     """Matching training trajectories (Cazenavette et al., 2022), exact gradient in J-independent memory."""
     buffer = open_buffer(task, params, params.max_start_epoch - 1 + params.expert_epochs)
-    images = _init_images(task, params, torch.Generator().manual_seed(task.seed), buffer.zca())
+    generator = torch.Generator().manual_seed(task.seed)
+    images = _init_images(task, params, generator, buffer.zca())
     labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)
     return match_trajectories(task, params, buffer, Matching("mtt", images, labels,
-                                                             lambda it: (0, params.max_start_epoch)))
+                                                             lambda it: (0, params.max_start_epoch)), generator)

@@ -41,25 +41,25 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     params = {cid: {**_old_behaviour(str(c.get("method", ""))), **(c.get("params") or {})}
               for cid, c in configs.items()}
     names = dict(zip(cells.cell_id, cells.method, strict=True))
-    tuned = {cid for cid, c in configs.items() if c.get("tuning")}
-    for cid in tuned:  # tuned rows are named as such and never pooled with a default row
-        names[cid] = f"{names[cid]} (tuned)"
-    budgeted = {cid for cid, c in configs.items() if c.get("budget_seconds") is not None}
-    for cid in budgeted:  # a run stopped at a distillation budget is its own row
-        names[cid] = f"{names[cid]} ({configs[cid]['budget_seconds']:g} s)"
-    for method, group in cells[~cells.cell_id.isin(tuned | budgeted)].groupby("method"):
+    # Tuned rows and rows stopped at a distillation budget are their own rows, marked by a suffix; within
+    # each (method, suffix) group cells run with different parameters are named by them.
+    suffix = {cid: (" (tuned)" if c.get("tuning") else "")
+              + (f" ({c['budget_seconds']:g} s)" if c.get("budget_seconds") is not None else "")
+              for cid, c in configs.items()}
+    frame = cells.assign(_suffix=cells.cell_id.map(suffix))
+    for (method, tail), group in frame.groupby(["method", "_suffix"]):
         varying: set[str] = set()
         for _, pool in group.groupby(POOLED, dropna=False):
-            configs = [params[cid] for cid in pool.cell_id]
-            for key in set().union(*configs):
-                if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1:
+            pooled = [params[cid] for cid in pool.cell_id]
+            for key in set().union(*pooled):
+                if len({json.dumps(c.get(key), sort_keys=True) for c in pooled}) > 1:
                     varying.add(key)
-        if varying:
-            defaults = _defaults(str(method))
-            for cid in group.cell_id:
-                if defaults is not None and all(_same(params[cid].get(k), defaults.get(k)) for k in varying):
-                    continue
-                names[cid] = f"{method} ({', '.join(f'{k}={params[cid].get(k)}' for k in sorted(varying))})"
+        defaults = _defaults(str(method)) if varying else None
+        for cid in group.cell_id:
+            plain = not varying or (defaults is not None
+                                    and all(_same(params[cid].get(k), defaults.get(k)) for k in varying))
+            label = "" if plain else f" ({', '.join(f'{k}={params[cid].get(k)}' for k in sorted(varying))})"
+            names[cid] = f"{method}{label}{tail}"
     return names
 
 

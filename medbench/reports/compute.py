@@ -15,9 +15,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from medbench.analysis.frames import base_method, ipc_label
+from medbench.analysis.frames import ipc_label
 from medbench.reports.tables import Table, method_order, pm
 
+BUDGET_SUFFIX = r" \([0-9.e+-]+ s\)$"  # what frames.method_variants appends to a budgeted cell's name
 COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "accuracy", "seconds"]
 
 
@@ -36,7 +37,7 @@ def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
                            dropna=False).value.mean().reset_index()
     per_cell["budget"] = [configs[c].get("budget_seconds", np.nan) for c in per_cell.cell_id]
     per_cell["seconds"] = [seconds.get(c, np.nan) for c in per_cell.cell_id]
-    per_cell["method"] = per_cell.method.map(base_method)
+    per_cell["method"] = per_cell.method.str.replace(BUDGET_SUFFIX, "", regex=True)  # other variants stay apart
     per_cell = per_cell.rename(columns={"value": "accuracy"})
     keys = ["protocol_id", "dataset", "size", "ipc"]
     has_budget = per_cell.groupby(keys, dropna=False).budget.transform(lambda b: b.notna().any())

@@ -31,11 +31,15 @@ def tuned_table(cells: pd.DataFrame, test: pd.DataFrame, val: pd.DataFrame, prot
         return None
     tuning = {cid: json.loads(c).get("tuning") for cid, c in zip(cells.cell_id, cells.config, strict=True)}
     rows = []
-    for (dataset, ipc, method), group in tuned_rows.groupby(["dataset", "ipc", "method"], sort=True):
-        default = test[(test.dataset == dataset) & (test.ipc == ipc) & (test.method == base_method(method))]
+    for (dataset, size, ipc, method), group in tuned_rows.groupby(["dataset", "size", "ipc", "method"], sort=True,
+                                                                  dropna=False):
+        same = (test.dataset == dataset) & (test.ipc == ipc) & (test["size"].isna() if pd.isna(size)
+                                                                 else test["size"] == size)
+        default = test[same & (test.method == base_method(method))]
         tuned_seed = group.groupby("seed").value.mean()
         default_seed = default.groupby("seed").value.mean()
-        val_rows = val[(val.dataset == dataset) & (val.ipc == ipc) & (val.method == method)]
+        val_rows = val[(val.dataset == dataset) & (val.ipc == ipc) & (val.method == method)
+                       & (val["size"].isna() if pd.isna(size) else val["size"] == size)]
         val_seed = val_rows.groupby("seed").value.mean()
         diff = paired(tuned_seed, default_seed)
         info = tuning.get(group.cell_id.iloc[0]) or {}

@@ -39,7 +39,9 @@ class TuneSettings:
     rescore_top: int = 3
     rescore_seeds: tuple[int, ...] = (1000, 1001)
     searcher_seed: int = 0
-    grace_checkpoints: int = 1  # ASHA: checkpoints every trial gets before it can be stopped
+    # ASHA: checkpoints every trial gets before it can be stopped. The first checkpoint scores the
+    # initial set, the same for every configuration, so the first rung that can judge is the second.
+    grace_checkpoints: int = 2
     reduction_factor: int = 3
 
 
@@ -123,7 +125,7 @@ def _search(context: TrialContext, space: Mapping[str, Dim], settings: TuneSetti
     samples = remaining
     with tempfile.TemporaryDirectory(prefix="medbench-tune-") as scratch:
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_trainable, context=context), {"cpu": 1}),
+            tune.with_resources(tune.with_parameters(_trainable, context=context), _resources(context, settings)),
             param_space={k: v.ray() for k, v in space.items()},
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.workers),
                                         scheduler=scheduler, num_samples=samples, metric="objective", mode="max",
@@ -136,6 +138,17 @@ def _search(context: TrialContext, space: Mapping[str, Dim], settings: TuneSetti
     out_of_time = settings.time_budget is not None and time.monotonic() - started >= 0.9 * settings.time_budget
     if counter["n"] < settings.trials and not out_of_time:
         raise KeyboardInterrupt
+
+
+def _resources(context: TrialContext, settings: TuneSettings) -> dict[str, float]:
+    """One CPU per trial, and a share of a GPU when trials run on CUDA (Ray hides GPUs from tasks
+    that ask for none)."""
+    if context.device.startswith("cuda") or context.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return {"cpu": 1, "gpu": 1 / settings.workers}
+    return {"cpu": 1}
 
 
 def _checkpoints_planned(context: TrialContext) -> int:

@@ -154,12 +154,15 @@ def _divergence(loss: torch.Tensor, lr: torch.Tensor) -> str:
     return "non-finite images or labels" if math.isfinite(learned) and learned > 0 else f"learned lr {learned:g}"
 
 
-def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, matching: Matching) -> CondensedSet:
+def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, matching: Matching,
+                       generator: torch.Generator | None = None) -> CondensedSet:
     """Run ``params.iterations`` of trajectory matching from ``matching``'s start (see the module doc).
 
     ``params`` carries the loop's settings (syn_steps, expert_epochs, lr_img, lr_lr, lr_teacher,
     momentum, batch_syn, iterations, augment, implementation, checkpoint_every, eval_every,
-    eval_epochs); MTT's and DATM's params dataclasses both do."""
+    eval_epochs); MTT's and DATM's params dataclasses both do. ``generator`` draws the experts, start
+    epochs and unroll plans (default: seeded with ``task.seed``; MTT passes the one its noise
+    initialisation drew from, so its stream is the one it always was)."""
     zca = buffer.zca()
     net = FlatParams(build_seeded(task.model, task.channels, task.num_classes, task.size,
                                   derived_seed(task.seed, 0x57), task.device))
@@ -168,7 +171,7 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
     match = IMPLEMENTATIONS[params.implementation]
     extra = {"checkpoint_every": params.checkpoint_every} if params.implementation == "tesla" else {}
     learn_labels = matching.lr_labels is not None
-    generator = torch.Generator().manual_seed(task.seed)
+    generator = generator if generator is not None else torch.Generator().manual_seed(task.seed)
     batch = params.batch_syn or len(matching.labels)
 
     digest = params_digest(params, task, matching.name)
