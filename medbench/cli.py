@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from medbench import hparams
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT
 from medbench.errors import MedbenchError
@@ -23,6 +21,7 @@ from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.launch import interrupted
 from medbench.method import get_method, list_methods
+from medbench.storage.files import read_yaml
 
 EXIT_USAGE = 2
 DEFAULTS = Protocol()
@@ -82,12 +81,7 @@ def parse_method_args(items: Sequence[str], methods: Sequence[str]) -> dict[str,
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         if item.endswith((".yaml", ".yml")):
-            try:
-                loaded = yaml.safe_load(Path(item).read_text()) or {}
-            except OSError as exc:
-                raise MedbenchError(f"{item}: cannot read method arguments ({exc.strerror})") from None
-            except yaml.YAMLError as exc:
-                raise MedbenchError(f"{item}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            loaded = read_yaml(item, "method arguments") or {}
             if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
                 raise MedbenchError(f"{item}: expected a mapping of method name to its settings")
             for name, values in loaded.items():

@@ -7,6 +7,7 @@ spread available, which the gain uncertainty and the regression tolerance both n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pandas as pd
@@ -63,6 +64,7 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     return names
 
 
+@functools.cache
 def _old_behaviour(method: str) -> dict:
     """Fields of ``method``'s params that name the value of the behaviour before they existed."""
     try:

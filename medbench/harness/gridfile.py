@@ -28,9 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medbench.errors import MedbenchError
+from medbench.storage.files import read_yaml
 
 # Keys taken as they are, with their type (the others are parsed below: lists, paths, the protocol).
 PLAIN_TYPES: dict[str, type] = {"size": int, "download": bool, "device": str, "retry_failed": bool, "workers": int,
@@ -87,12 +86,7 @@ def _resolve(base: Path, value: str, *, is_path: bool = False) -> str:
 
 def read_grid_file(path: Path) -> dict[str, Any]:
     """Parse a grid file into keyword arguments for :class:`~medbench.harness.grid.GridSpec`."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise MedbenchError(f"{path}: cannot read grid file ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise MedbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, "grid file")
     if not isinstance(raw, dict):
         raise MedbenchError(f"{path}: a grid file is a mapping with keys {', '.join(sorted(KEYS))}")
     unknown = sorted(set(raw) - KEYS)

@@ -121,7 +121,9 @@ def build_sections(store: Store, *, n_boot: int = 2000, seed: int = 0,
             table.notes.append(caption)
             if any(" †" in row.get(ACC_COLUMN, "") for row in table.rows):
                 table.notes.append("† one seed only: its ± is the spread over the evaluation networks trained on one "
-                                   "set, not over sets; run more seeds (--seeds 0,1,2) for a spread across sets.")
+                                   "set, not over sets (subsets or distillation runs); for a selected or distilled "
+                                   "set, run more seeds (--seeds 0,1,2). The full-data row has only one set: more "
+                                   "seeds would only vary its networks.")
             if key in majority:
                 table.notes.append(majority[key])
             tables.append(table)

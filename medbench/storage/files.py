@@ -9,11 +9,11 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from medbench.errors import DataError
+from medbench.errors import DataError, MedbenchError
 
 
 @contextlib.contextmanager
@@ -62,3 +62,15 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: not a readable npz file ({reason})") from None
+
+
+def read_yaml(path: Path | str, what: str) -> Any:
+    """A YAML file's content; an unreadable file or invalid YAML is one line naming ``what`` it was."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise MedbenchError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise MedbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None

@@ -8,40 +8,20 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 from tabulate import tabulate
 
 from medbench.errors import MedbenchError
 from medbench.harness.grid import expand
 from medbench.method import get_method
+from medbench.storage.files import read_yaml
 from medbench.tuning.space import SearchSpace, check_space, parse_spaces
 from medbench.tuning.trial import OBJECTIVES, TrialContext
 
 IMBALANCE = 1.5  # val class counts max/min at or above this: the objective is balanced accuracy
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from medbench.cli import add_grid_arguments
+    from medbench.cli import _positive, add_grid_arguments
 
     p = sub.add_parser(
         "tune", help="tune methods' hyper-parameters on val (Ray Tune: Optuna search, ASHA early stopping)",
@@ -54,35 +34,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "lucky trial).")
     add_grid_arguments(p)
     t = p.add_argument_group("tuning")
-    t.add_argument("--trials", type=_positive_int, default=20, help="trials per method, dataset and IPC, stored "
+    t.add_argument("--trials", type=_positive(int), default=20, help="trials per method, dataset and IPC, stored "
                    "ones included (default: 20)")
-    t.add_argument("--time-budget", type=_seconds, help="stop sampling new trials after this many seconds per "
+    t.add_argument("--time-budget", type=_positive(float), help="stop sampling new trials after this many seconds per "
                    "method, dataset and IPC (default: none)")
     t.add_argument("--space", type=Path, help="YAML {method: {field: {low, high, scale, integer} or [choices]}} "
                    "replacing the methods' declared search spaces")
     t.add_argument("--objective", choices=["auto", *OBJECTIVES], default="auto",
                    help="val score to maximise; auto: balanced accuracy where the val split's classes differ "
                         f"by {IMBALANCE}x or more, else accuracy (default: auto)")
-    t.add_argument("--rescore", type=_positive_int, default=3, help="best configurations re-scored with fresh "
+    t.add_argument("--rescore", type=_positive(int), default=3, help="best configurations re-scored with fresh "
                    "seeds (default: 3)")
-    t.add_argument("--rescore-seeds", type=_positive_int, default=2, help="fresh seeds per re-scored "
+    t.add_argument("--rescore-seeds", type=_positive(int), default=2, help="fresh seeds per re-scored "
                    "configuration (default: 2)")
-    t.add_argument("--workers", type=_positive_int, default=1,
+    t.add_argument("--workers", type=_positive(int), default=1,
                    help="trials at once (default: 1, which makes a search reproducible)")
     t.add_argument("--ray-address", help="join a running Ray cluster: auto or HOST:PORT (default: a local one)")
     p.set_defaults(func=cmd_tune)
 
 
 def _spaces(path: Path | None) -> dict[str, SearchSpace]:
-    if path is None:
-        return {}
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise MedbenchError(f"{path}: cannot read the search space ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise MedbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_spaces(loaded, str(path))
+    return {} if path is None else parse_spaces(read_yaml(path, "the search space"), str(path))
 
 
 def _objective(choice: str, counts: list[int]) -> str:
