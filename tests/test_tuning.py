@@ -157,3 +157,16 @@ def test_tuning_stores_every_trial_is_reproducible_and_resumes(ray_local, tmp_pa
     assert len(resumed) == 5 and list(resumed.config[:3]) == list(a.config)
     assert len(set(resumed.config)) == 5  # the resumed sampler does not repeat the stored points
     assert torch.tensor(list(resumed.value)).isfinite().all()
+
+
+def test_a_search_is_identified_by_its_early_stopping_rule_too():
+    from medbench.tuning.search import TuneSettings, tuning_id
+
+    context = TrialContext("dm", "toy", None, 1, 0, dict(DM), SPEC, "accuracy", "/data")
+    space = {"lr_img": Dim(0.1, 10.0, "log")}
+    base = tuning_id(context, space, TuneSettings())
+    assert tuning_id(dataclasses.replace(context, data_root="/elsewhere", device="cuda"), space, TuneSettings()) == base
+    assert tuning_id(context, space, TuneSettings(trials=50, workers=2)) == base  # budget and parallelism: no
+    assert tuning_id(context, space, TuneSettings(grace_checkpoints=1)) != base
+    assert tuning_id(context, space, TuneSettings(reduction_factor=2)) != base
+    assert tuning_id(context, space, TuneSettings(rescore_seeds=(7,))) != base

@@ -50,11 +50,13 @@ def _log(message: str) -> None:
 
 
 def tuning_id(context: TrialContext, space: Mapping[str, Dim], settings: TuneSettings) -> str:
-    """What identifies a search: the cell, the fixed settings, the space, the objective, the seeds."""
+    """What identifies a search: the cell, the fixed settings, the space, the objective, the seeds and
+    the early-stopping rule (a search resumed under another ASHA rule would mix two kinds of trials)."""
     return digest({"context": asdict(context) | {"checkpoint_dir": None, "device": None, "data_root": None},
                    "space": {k: asdict(v) for k, v in sorted(space.items())},
                    "searcher_seed": settings.searcher_seed, "rescore": [settings.rescore_top,
-                                                                        list(settings.rescore_seeds)]})
+                                                                        list(settings.rescore_seeds)],
+                   "asha": [settings.grace_checkpoints, settings.reduction_factor]})
 
 
 def _trainable(config: dict[str, Any], context: TrialContext) -> None:
