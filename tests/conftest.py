@@ -47,6 +47,18 @@ def toy_rgb_npz(tmp_path: Path) -> Path:
     return write_npz(tmp_path / "toy_rgb.npz", make_arrays(channels=3, size=16, seed=1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: OpenMP threads only add spin-waiting (seconds on a busy 2-core machine). A module
+    uses it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "medmnist" / "bloodmnist.npz").is_file():

@@ -32,12 +32,8 @@ FAST = {**BUFFER, "expert_epochs": 2, "max_start_epoch": 3, "current_max_start_e
         "syn_steps": 3, "iterations": 4, "eval_every": 2, "eval_epochs": 3, "lr_img": 10.0, "threshold": 1e9}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,8 @@ from medbench.whitening import ZCA
 SPEC = ModelSpec("convnet", {"width": 4})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP threads only add spin-waiting (seconds on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIG = ExpertConfig(num_experts=2, epochs=3, batch_size=16, augment=False)
 
 

@@ -5,7 +5,6 @@ import math
 
 import medbench.methods.trajectory.buffer as experts
 import pytest
-import torch
 from conftest import FAST
 
 import medbench
@@ -15,12 +14,8 @@ MTT = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "max_start_epoch
        "syn_steps": 3, "iterations": 2, "eval_every": 2, "eval_epochs": 2, "lr_img": 10.0, "augment": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 def _count_training(monkeypatch):
