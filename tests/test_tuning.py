@@ -92,7 +92,7 @@ def _toy(tmp_path):
 def _store_choice(db, toy, config):
     records = TuningRecords(db)
     key = cell_key("dm", toy, None, 1, ["convnet", {"width": 4, "depth": None, "norm": "instance"}])
-    records.choose(key, "t0", config, "accuracy", 0.5, 0.45, {"trials": 7, "seconds": 12.0})
+    records.choose(key, "t0", config, "balanced_accuracy", 0.5, 0.45, {"trials": 7, "seconds": 12.0})
 
 
 def test_run_tuned_uses_the_stored_choice_and_says_where_there_is_none(tmp_path, capsys):
@@ -120,7 +120,14 @@ def test_run_tuned_uses_the_stored_choice_and_says_where_there_is_none(tmp_path,
     section = text.split("### Tuned against default parameters", 1)[1]
     row = next(line for line in section.splitlines() if line.startswith("| toy.npz") or "| dm " in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "dm" and cells[6] == "50.0" and cells[7] == "45.0"  # search and fresh-seed val
+    assert cells[2] == "dm" and cells[7] == "50.0" and cells[8] == "45.0"  # search and fresh-seed val
+    # Scored in the metric the search maximised, on test as on val.
+    with sqlite3.connect(db) as conn:
+        balanced = conn.execute("SELECT s.value FROM scores s JOIN cells c ON s.cell_id = c.cell_id WHERE c.method = "
+                                "'dm' AND c.config LIKE '%\"tuning\"%' AND s.split = 'test' AND "
+                                "s.metric = 'balanced_accuracy'").fetchone()[0]
+    conn.close()
+    assert cells[3] == "balanced accuracy" and cells[5].startswith(f"{100 * balanced:.1f}")
     assert "7 trials, 12 s" in row and '{"lr_img": 7.5}' in row
 
 
