@@ -75,7 +75,9 @@ def _ray_init(settings: TuneSettings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=False)
     else:
-        ray.init(num_cpus=settings.workers, include_dashboard=False, log_to_driver=False)
+        # "local": a new in-process instance even where a cluster started with `ray start` runs on this
+        # machine (plain ray.init() would join that one).
+        ray.init(address="local", num_cpus=settings.workers, include_dashboard=False, log_to_driver=False)
 
 
 def _search(context: TrialContext, space: Mapping[str, Dim], settings: TuneSettings, records: TuningRecords,
