@@ -303,7 +303,8 @@ def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
     for name, values in parse_method_args(args.method_args, methods).items():
         method_args.setdefault(name, {}).update(values)
     if "data_root" in fields:
-        fields["data_root"] = Path(fields["data_root"]).expanduser()
+        # Absolute: workers elsewhere (a process pool, Ray trials, a cluster) do not share this cwd.
+        fields["data_root"] = Path(fields["data_root"]).expanduser().resolve()
     if "name" in protocol:
         raise MedbenchError("choose the protocol by name with --protocol (or `protocol:` in a grid file), "
                             "not as an eval setting")

@@ -177,3 +177,12 @@ def test_a_search_is_identified_by_its_early_stopping_rule_too():
     assert tuning_id(context, space, TuneSettings(grace_checkpoints=1)) != base
     assert tuning_id(context, space, TuneSettings(reduction_factor=2)) != base
     assert tuning_id(context, space, TuneSettings(rescore_seeds=(7,))) != base
+
+
+def test_a_relative_data_root_reaches_trials_and_workers_as_an_absolute_path(tmp_path, monkeypatch):
+    # Ray trials (and a cluster's workers) do not run in the caller's working directory.
+    from medbench.cli import build_parser, grid_spec_from_args
+
+    monkeypatch.chdir(tmp_path)
+    spec = grid_spec_from_args(build_parser().parse_args(["tune", "--methods", "dm", "--data-root", "data"]))
+    assert spec.data_root == tmp_path / "data" and spec.data_root.is_absolute()
