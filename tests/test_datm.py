@@ -35,7 +35,6 @@ FAST = {**BUFFER, "expert_epochs": 2, "max_start_epoch": 3, "current_max_start_e
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 @pytest.fixture(scope="module")
 def experts_root(tmp_path_factory):
     return tmp_path_factory.mktemp("experts")

@@ -29,6 +29,7 @@ SPEC = ModelSpec("convnet", {"width": 4})
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 CONFIG = ExpertConfig(num_experts=2, epochs=3, batch_size=16, augment=False)
 
 

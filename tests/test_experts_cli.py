@@ -17,7 +17,6 @@ MTT = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "max_start_epoch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def _count_training(monkeypatch):
     calls = []
     real = experts._train_expert

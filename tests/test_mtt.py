@@ -23,6 +23,7 @@ LR_IMG = 10.0
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 # Tiny everything: 2 experts × 4 epochs, a 3-step unroll, evaluation every 2 iterations.
 FAST = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "max_start_epoch": 2, "expert_epochs": 2,
         "syn_steps": 3, "iterations": 4, "eval_every": 2, "eval_epochs": 3, "lr_img": 10.0, "augment": False}
