@@ -185,8 +185,8 @@ def png_base64(pixels: np.ndarray) -> str:
 
 def anytime(frame: pd.DataFrame, title: str) -> str | None:
     """One panel per (dataset, IPC): test accuracy reached within a distillation budget, per method
-    (mean and ± std band across seeds; log-scaled seconds); a run without a budget at its mean
-    distillation time (open marker); random as a dashed line."""
+    (mean and ± std band across seeds), drawn at the mean seconds of distillation actually spent
+    (log scale), the run without a budget as an open marker; random as a dashed line."""
     if frame.empty:
         return None
     panels = sorted({(d, int(i)) for d, i in zip(frame.dataset, frame.ipc, strict=True)}, key=str)
@@ -200,13 +200,16 @@ def anytime(frame: pd.DataFrame, title: str) -> str | None:
                 mean = cells.accuracy.mean()
                 ax.axhline(100 * mean, color=palette[method], ls="--", lw=1, label=method)
                 continue
-            stats = cells.dropna(subset=["budget"]).groupby("budget").accuracy.agg(["mean", "std"]).reset_index()
-            x, m, sd = stats.budget.to_numpy(), 100 * stats["mean"].to_numpy(), 100 * stats["std"].fillna(0).to_numpy()
+            # One point per budget (and the run without one), at the seconds actually spent.
+            stats = (cells.assign(budget=cells.budget.fillna(np.inf)).groupby("budget")
+                     .agg(seconds=("seconds", "mean"), mean=("accuracy", "mean"), std=("accuracy", "std"))
+                     .sort_values("seconds"))
+            x, m, sd = stats.seconds.to_numpy(), 100 * stats["mean"].to_numpy(), 100 * stats["std"].fillna(0).to_numpy()
             ax.plot(x, m, marker="o", ms=3, color=palette[method], label=method)
             ax.fill_between(x, m - sd, m + sd, color=palette[method], alpha=0.15, lw=0)
-            full = cells[cells.budget.isna()]
-            if len(full):
-                ax.plot(full.seconds.mean(), 100 * full.accuracy.mean(), marker="o", mfc="none", color=palette[method])
+            if np.isinf(stats.index).any():  # the run without a budget: open marker
+                full = stats.loc[np.inf]
+                ax.plot(full.seconds, 100 * full["mean"], marker="o", ms=6, mfc="white", color=palette[method])
         ax.set_xscale("log")
         ax.set_title(f"{Path(dataset).stem} · IPC {ipc}")
         ax.set_xlabel("distillation seconds")
