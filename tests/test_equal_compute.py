@@ -39,24 +39,27 @@ def _budgeted(method, accs, seed, budget, seconds):
 def test_equal_budget_table_and_anytime_figure(tmp_path):
     recs = []
     for seed in range(3):
-        recs += [record("random", "alpha", 10, [0.40 + 0.01 * seed] * 2, seed=seed),
+        recs += [record("random", "alpha", 10, [0.40 + 0.01 * seed] * 2, seed=seed, distill_seconds=0.0),
                  _budgeted("dm", [0.50 + 0.01 * seed] * 2, seed, 10.0, 10.0),
                  _budgeted("dm", [0.60 + 0.01 * seed] * 2, seed, 40.0, 40.0),
                  _budgeted("dm", [0.70 + 0.01 * seed] * 2, seed, None, 120.0),
                  _budgeted("mtt", [0.45 + 0.01 * seed] * 2, seed, 10.0, 14.0),  # overran: one long iteration
-                 _budgeted("mtt", [0.65 + 0.01 * seed] * 2, seed, 40.0, 40.0)]
+                 _budgeted("mtt", [0.65 + 0.01 * seed] * 2, seed, 40.0, 40.0),
+                 _budgeted("herding", [0.55 + 0.01 * seed] * 2, seed, None, 30.0)]  # one-shot, 30 s
     db = store_with(tmp_path / "r.sqlite", recs)
     from medbench.analysis.frames import model_scores
 
     with Store(db, readonly=True) as store:
         frame = budget_frame(store.cells(), model_scores(store))
-    assert set(frame.method) == {"random", "dm", "mtt"} and len(frame) == 18
+    assert set(frame.method) == {"random", "dm", "mtt", "herding"} and len(frame) == 21
     table = equal_budget_table(frame, "p1")
     rows = {r["distillation budget"]: r for r in table.rows}
     # the seconds actually spent stand beside each distilling method's accuracy, an overrun shows
     assert rows["10 s"]["dm"] == "51.0 ± 1.0 (10 s)" and rows["10 s"]["mtt"] == "46.0 ± 1.0 (14 s)"
     assert rows["40 s"]["mtt"] == "66.0 ± 1.0 (40 s)" and rows["40 s"]["random"] == "41.0 ± 1.0"
     assert rows["none (full run)"]["dm"] == "71.0 ± 1.0 (120 s)" and rows["none (full run)"]["mtt"] == "—"
+    # a method without budgeted runs counts at a budget only if its whole run fitted in it
+    assert rows["10 s"]["herding"] == "over budget (30 s)" and rows["40 s"]["herding"] == "56.0 ± 1.0 (30 s)"
     png = base64.b64decode(anytime(frame, "t"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     text = write_report(db, tmp_path / "out").leaderboard.read_text()
