@@ -173,4 +173,4 @@ def random_soft(task: DistillTask, params: BufferParams) -> CondensedSet:
     extras = {"train_indices": indices.cpu(), "hard_labels": task.train.labels[indices].long().cpu(),
               **(zca.to_extras() if zca is not None else {})}
     return CondensedSet(_images(task, buffer, indices), set_labels(logits), extras=extras,
-                        info={"teacher_misclassified": wrong})
+                        info={"teacher_misclassified": wrong, "expert_train_seconds": buffer.train_seconds})

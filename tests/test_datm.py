@@ -170,6 +170,8 @@ def test_random_soft_is_randoms_subset_with_the_teachers_labels(task, experts_ro
         {**BUFFER, "experts_root": str(experts_root)})), correct_only=False)
     assert torch.allclose(out.labels, logits.softmax(1))
     assert dataclasses.replace(out, labels=out.hard_labels()).labels.tolist() == random_set.labels.tolist()
+    buffer = open_buffer(task, method.make_params({**BUFFER, "experts_root": str(experts_root)}))
+    assert out.info["expert_train_seconds"] == buffer.train_seconds > 0  # its cost beyond the cell
 
 
 def test_student_loss_equals_the_official_soft_cross_entropy():

@@ -33,6 +33,8 @@ def _budgeted(method, accs, seed, budget, seconds):
     if budget is not None:
         rec.config["budget_seconds"] = budget
     rec.config["condensed_info"]["checkpoints"] = [[0, 0.0, 0.1], [5, seconds, 0.5]]
+    if method == "mtt":
+        rec.config["condensed_info"]["expert_train_seconds"] = 75.0
     return rec
 
 
@@ -60,6 +62,7 @@ def test_equal_budget_table_and_anytime_figure(tmp_path):
     assert rows["none (full run)"]["dm"] == "71.0 ± 1.0 (120 s)" and rows["none (full run)"]["mtt"] == "—"
     # a method without budgeted runs counts at a budget only if its whole run fitted in it
     assert rows["10 s"]["herding"] == "over budget (30 s)" and rows["40 s"]["herding"] == "56.0 ± 1.0 (30 s)"
+    assert "the expert buffer that mtt train from" in table.notes[-1] and "alpha 75 s" in table.notes[-1]
     png = base64.b64decode(anytime(frame, "t"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     text = write_report(db, tmp_path / "out").leaderboard.read_text()

@@ -19,7 +19,8 @@ from medbench.analysis.frames import ipc_label
 from medbench.reports.tables import Table, method_order, pm
 
 BUDGET_SUFFIX = r" \([0-9.e+-]+ s\)$"  # what frames.method_variants appends to a budgeted cell's name
-COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "accuracy", "seconds"]
+COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "accuracy", "seconds",
+           "expert_seconds"]
 
 
 def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
@@ -37,6 +38,9 @@ def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
                            dropna=False).value.mean().reset_index()
     per_cell["budget"] = [configs[c].get("budget_seconds", np.nan) for c in per_cell.cell_id]
     per_cell["seconds"] = [seconds.get(c, np.nan) for c in per_cell.cell_id]
+    # Trajectory methods' expert buffer: built once per dataset, outside any cell's seconds.
+    per_cell["expert_seconds"] = [(configs[c].get("condensed_info") or {}).get("expert_train_seconds", np.nan)
+                                  for c in per_cell.cell_id]
     per_cell["method"] = per_cell.method.str.replace(BUDGET_SUFFIX, "", regex=True)  # other variants stay apart
     per_cell = per_cell.rename(columns={"value": "accuracy"})
     keys = ["protocol_id", "dataset", "size", "ipc"]
@@ -67,6 +71,13 @@ def equal_budget_table(frame: pd.DataFrame, protocol_id: str) -> Table | None:
                        "method run only without a budget (a one-shot selection such as herding, or an iterative "
                        "method left out of the budget grid) counts at a budget only if its whole run fitted in it, "
                        "else 'over budget'. random distils nothing (no seconds shown under 0.5 s).")
+    experts = sub.dropna(subset=["expert_seconds"])
+    if len(experts):
+        costs = experts.groupby("dataset").expert_seconds.max()
+        users = ", ".join(method_order(list(experts.method.unique())))
+        table.notes.append(f"Not in these seconds: the expert buffer that {users} train from, built once per dataset "
+                           "and shared by their cells: " + ", ".join(f"{d} {s:.0f} s" for d, s in costs.items())
+                           + " of expert training.")
     return table
 
 

@@ -306,6 +306,11 @@ class ExpertBuffer:
         values = self._accuracies("val_accuracy")
         return float(np.mean(values)) if values else float("nan")
 
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent training the experts (all of them, summed): a trajectory method's cost beyond distillation."""
+        return float(sum(e.get("train_seconds", 0.0) for e in self.manifest["experts"].values()))
+
     def _file(self, index: int) -> Path:
         if not 0 <= index < self.num_experts:
             raise IndexError(f"expert {index} out of range 0..{self.num_experts - 1}")
@@ -341,7 +346,7 @@ class ExpertBuffer:
             "bytes_on_disk": self.bytes_on_disk,
             "val_accuracy": self.val_accuracy,
             "test_accuracy": self.test_accuracy,
-            "train_seconds": float(sum(e.get("train_seconds", 0.0) for e in self.manifest["experts"].values())),
+            "train_seconds": self.train_seconds,
         }
 
 

@@ -214,6 +214,7 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
                 "learned_lr": st.best_lr, "iterations_run": st.iteration, "status": status,
                 "implementation": params.implementation, "expert_buffer": str(buffer.path),
                 "expert_test_accuracy": None if math.isnan(expert_acc) else expert_acc, "zca": zca is not None,
+                "expert_train_seconds": buffer.train_seconds,  # shared by every cell of the dataset
                 "checkpoints": st.checkpoints,
                 **({"stopped_by_budget": st.iteration} if task.over_budget(st.seconds)
                    and st.iteration < params.iterations else {}),
