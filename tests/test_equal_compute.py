@@ -29,10 +29,11 @@ def test_budgets_expand_iterative_methods_only_and_keep_unbudgeted_ids(toy_npz):
 
 
 def _budgeted(method, accs, seed, budget, seconds):
-    rec = record(method, "alpha", 10, accs, seed=seed, distill_seconds=seconds + 1, params={"tag": budget})
+    rec = record(method, "alpha", 10, accs, seed=seed, distill_seconds=(seconds or 49) + 1, params={"tag": budget})
     if budget is not None:
         rec.config["budget_seconds"] = budget
-    rec.config["condensed_info"]["checkpoints"] = [[0, 0.0, 0.1], [5, seconds, 0.5]]
+    if seconds is not None:
+        rec.config["condensed_info"]["checkpoints"] = [[0, 0.0, 0.1], [5, seconds, 0.5]]
     if method == "mtt":
         rec.config["condensed_info"]["expert_train_seconds"] = 75.0
     return rec
@@ -47,13 +48,15 @@ def test_equal_budget_table_and_anytime_figure(tmp_path):
                  _budgeted("dm", [0.70 + 0.01 * seed] * 2, seed, None, 120.0),
                  _budgeted("mtt", [0.45 + 0.01 * seed] * 2, seed, 10.0, 14.0),  # overran: one long iteration
                  _budgeted("mtt", [0.65 + 0.01 * seed] * 2, seed, 40.0, 40.0),
-                 _budgeted("herding", [0.55 + 0.01 * seed] * 2, seed, None, 30.0)]  # one-shot, 30 s
+                 _budgeted("herding", [0.55 + 0.01 * seed] * 2, seed, None, 30.0),  # one-shot, 30 s
+                 _budgeted("dc", [0.52 + 0.01 * seed] * 2, seed, 10.0, 12.0),
+                 _budgeted("dc", [0.62 + 0.01 * seed] * 2, seed, None, None)]  # no checkpoint seconds recorded
     db = store_with(tmp_path / "r.sqlite", recs)
     from medbench.analysis.frames import model_scores
 
     with Store(db, readonly=True) as store:
         frame = budget_frame(store.cells(), model_scores(store))
-    assert set(frame.method) == {"random", "dm", "mtt", "herding"} and len(frame) == 21
+    assert set(frame.method) == {"random", "dm", "mtt", "herding", "dc"} and len(frame) == 27
     table = equal_budget_table(frame, "p1")
     rows = {r["distillation budget"]: r for r in table.rows}
     # the seconds actually spent stand beside each distilling method's accuracy, an overrun shows
@@ -62,6 +65,8 @@ def test_equal_budget_table_and_anytime_figure(tmp_path):
     assert rows["none (full run)"]["dm"] == "71.0 ± 1.0 (120 s)" and rows["none (full run)"]["mtt"] == "—"
     # a method without budgeted runs counts at a budget only if its whole run fitted in it
     assert rows["10 s"]["herding"] == "over budget (30 s)" and rows["40 s"]["herding"] == "56.0 ± 1.0 (30 s)"
+    # a run without checkpoint seconds shows its whole distillation time as an upper bound
+    assert rows["none (full run)"]["dc"] == "63.0 ± 1.0 (≤50 s)" and rows["40 s"]["dc"] == "—"
     assert "the expert buffer that mtt train from" in table.notes[-1] and "alpha 75 s" in table.notes[-1]
     png = base64.b64decode(anytime(frame, "t"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,7 +20,7 @@ from medbench.reports.tables import Table, method_order, pm
 
 BUDGET_SUFFIX = r" \([0-9.e+-]+ s\)$"  # what frames.method_variants appends to a budgeted cell's name
 COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "accuracy", "seconds",
-           "expert_seconds"]
+           "seconds_bound", "expert_seconds"]
 
 
 def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
@@ -31,13 +31,15 @@ def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     configs = {cid: json.loads(c) for cid, c in zip(cells.cell_id, cells.config, strict=True)}
     # Distillation seconds as the budget counts them (checkpoint scoring excluded) where the method
-    # recorded them, else the cell's whole distillation time.
-    seconds = {cid: (configs[cid].get("condensed_info") or {}).get("checkpoints", [[0, total]])[-1][1]
+    # recorded them, else the cell's whole distillation time (an upper bound: scoring included).
+    recorded = {cid: (configs[cid].get("condensed_info") or {}).get("checkpoints") for cid in cells.cell_id}
+    seconds = {cid: recorded[cid][-1][1] if recorded[cid] else total
                for cid, total in zip(cells.cell_id, cells.distill_seconds, strict=True)}
     per_cell = acc.groupby(["cell_id", "protocol_id", "dataset", "size", "ipc", "method", "seed"],
                            dropna=False).value.mean().reset_index()
     per_cell["budget"] = [configs[c].get("budget_seconds", np.nan) for c in per_cell.cell_id]
     per_cell["seconds"] = [seconds.get(c, np.nan) for c in per_cell.cell_id]
+    per_cell["seconds_bound"] = [not recorded.get(c) for c in per_cell.cell_id]
     # Trajectory methods' expert buffer: built once per dataset, outside any cell's seconds.
     per_cell["expert_seconds"] = [(configs[c].get("condensed_info") or {}).get("expert_train_seconds", np.nan)
                                   for c in per_cell.cell_id]
@@ -67,7 +69,9 @@ def equal_budget_table(frame: pd.DataFrame, protocol_id: str) -> Table | None:
     table.notes.append("Test accuracy %, mean ± std across seeds, of the checkpoint each method's validation score "
                        "chose within the budget; in brackets the mean seconds of distillation actually spent "
                        "(checkpoint scoring excluded): a method stops at the first iteration that ends past the "
-                       "budget, so it can overrun it by up to one iteration. 'none': the run without a budget. A "
+                       "budget, so it can overrun it by up to one iteration; '≤': that run recorded no checkpoint "
+                       "seconds, so its whole distillation time, scoring included, stands there. 'none': the run "
+                       "without a budget. A "
                        "method run only without a budget (a one-shot selection such as herding, or an iterative "
                        "method left out of the budget grid) counts at a budget only if its whole run fitted in it, "
                        "else 'over budget'. random distils nothing (no seconds shown under 0.5 s).")
@@ -88,7 +92,8 @@ def _at_budget(cells: pd.DataFrame, budget: float | None) -> str:
     if pick.empty:
         return "—"
     seconds = pick.seconds.mean()
-    spent = f" ({seconds:.0f} s)" if seconds >= 0.5 else ""
+    bound = "≤" if pick.seconds_bound.any() and not one_shot else ""
+    spent = f" ({bound}{seconds:.0f} s)" if seconds >= 0.5 else ""
     if budget is not None and one_shot and seconds > budget:
         return f"over budget{spent}"
     acc = pick.accuracy
