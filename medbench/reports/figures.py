@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 from PIL import Image
 
 from medbench.analysis.correlation import Correlation
@@ -220,6 +222,19 @@ def anytime(frame: pd.DataFrame, title: str) -> str | None:
         ax.set_title(f"{Path(dataset).stem} · IPC {ipc}")
         ax.set_xlabel("distillation seconds")
         ax.set_ylabel("test accuracy %")
-    axes[0].legend(fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=9)
+    # One legend for all panels, beside them, with what the markers mean.
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    handles["run without a budget"] = Line2D([], [], marker="o", ms=6, mfc="white", color="0.3", ls="none")
+    handles["run only without a budget:\nfrom its seconds on"] = Line2D([], [], marker="s", ms=3, color="0.3", ls="--",
+                                                                       lw=1)
+    spare = [ax for ax in fig.axes if not ax.get_visible()]
+    if spare:  # the grid's empty slot
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(handles.values(), handles.keys(), fontsize=7, frameon=False, loc="center")
+    else:
+        fig.legend(handles.values(), handles.keys(), fontsize=7, frameon=False, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5))
+    fig.subplots_adjust(hspace=0.45, wspace=0.28)
+    fig.suptitle(textwrap.fill(title, 160), fontsize=9)
     return to_base64(fig)
