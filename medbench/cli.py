@@ -180,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="afterwards, write the leaderboard, results.csv and index.html of the database here "
                         "(as `medbench report --db DB --out DIR`)")
     r.add_argument("--budget-seconds", type=_seconds_list, metavar="S[,S...]",
-                   help="stop every iterative method after S seconds of distillation, keeping its val-chosen "
-                        "checkpoint; several budgets run each such cell once per budget (equal-compute "
-                        "comparisons; default: no limit)")
+                   help="stop every iterative method at the first iteration that ends past S wall-clock seconds "
+                        "of distillation (val scoring not counted), keeping its val-chosen checkpoint; several "
+                        "budgets run each such cell once per budget (equal-compute comparisons; default: no limit)")
     r.add_argument("--tuned", action="store_true", default=None,
                    help="use the configuration `medbench tune` stored for each method, dataset, size and IPC "
                         "(where there is none, the parameters as given, and a line says so)")
