@@ -58,15 +58,20 @@ def test_equal_budget_table_and_anytime_figure(tmp_path):
         frame = budget_frame(store.cells(), model_scores(store))
     assert set(frame.method) == {"random", "dm", "mtt", "herding", "dc"} and len(frame) == 27
     table = equal_budget_table(frame, "p1")
-    rows = {r["distillation budget"]: r for r in table.rows}
+    assert table.columns == ["dataset", "IPC", "method", "10 s", "40 s", "none (full run)"]
+    rows = {r["method"]: r for r in table.rows}
     # the seconds actually spent stand beside each distilling method's accuracy, an overrun shows
-    assert rows["10 s"]["dm"] == "51.0 ± 1.0 (10 s)" and rows["10 s"]["mtt"] == "46.0 ± 1.0 (14 s)"
-    assert rows["40 s"]["mtt"] == "66.0 ± 1.0 (40 s)" and rows["40 s"]["random"] == "41.0 ± 1.0"
-    assert rows["none (full run)"]["dm"] == "71.0 ± 1.0 (120 s)" and rows["none (full run)"]["mtt"] == "—"
+    assert rows["dm"]["10 s"] == "51.0 ± 1.0 (10 s)" and rows["mtt"]["10 s"] == "46.0 ± 1.0 (14 s)"
+    assert rows["mtt"]["40 s"] == "66.0 ± 1.0 (40 s)" and rows["random"]["40 s"] == "41.0 ± 1.0"
+    assert rows["dm"]["none (full run)"] == "71.0 ± 1.0 (120 s)" and rows["mtt"]["none (full run)"] == "—"
     # a method without budgeted runs counts at a budget only if its whole run fitted in it
-    assert rows["10 s"]["herding"] == "over budget (30 s)" and rows["40 s"]["herding"] == "56.0 ± 1.0 (30 s)"
+    assert rows["herding"]["10 s"] == "over budget (30 s)" and rows["herding"]["40 s"] == "56.0 ± 1.0 (30 s)"
     # a run without checkpoint seconds shows its whole distillation time as an upper bound
-    assert rows["none (full run)"]["dc"] == "63.0 ± 1.0 (≤50 s)" and rows["40 s"]["dc"] == "—"
+    assert rows["dc"]["none (full run)"] == "63.0 ± 1.0 (≤50 s)" and rows["dc"]["40 s"] == "—"
+    # the best of each budget in bold: dc at 10 s (52 > 51), mtt at 40 s (66 > 61), dm without a budget
+    order = [r["method"] for r in table.rows]
+    assert table.bold == {(order.index("dc"), "10 s"), (order.index("mtt"), "40 s"),
+                          (order.index("dm"), "none (full run)")}
     assert "the expert buffer that mtt train from" in table.notes[-1] and "alpha 75 s" in table.notes[-1]
     png = base64.b64decode(anytime(frame, "t"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
