@@ -1,11 +1,13 @@
 """Equal compute: what each method reaches within a distillation budget.
 
-Cells run with ``--budget-seconds`` stop each iterative method after that many seconds of
-distillation and keep the checkpoint validation chose so far; their test accuracy is "the accuracy
-the method reaches at that budget". The anytime figure draws it against the seconds actually spent
-(a method stops at the first iteration that ends past the budget; one line per method through its
-budgets and its run without a budget, the band is ± the std across seeds), random selection as a
-flat line (it costs no distillation); the table gives the same numbers at each budget, side by side.
+Cells run with ``--budget-seconds`` stop each iterative method at the first iteration that ends
+past that many seconds of distillation and keep the checkpoint validation chose so far; their test
+accuracy is "the accuracy the method reaches at that budget". The anytime figure draws it against
+the seconds actually spent (one line per method through its budgets and its run without a budget,
+the band is ± the std across seeds); a method run only without a budget (one-shot selections) is
+available from the seconds its run took, random selection everywhere (it costs nothing). The table
+gives the same numbers, a column per budget; the expert buffer of trajectory methods, built once per
+dataset, is named beside it, not counted in it.
 """
 
 from __future__ import annotations
