@@ -50,6 +50,7 @@ def test_report_writes_three_files_with_tables_and_embedded_figures(report_db, t
     assert len(images) >= 2 + 6  # accuracy vs IPC, scatter, and one mosaic per (dataset, IPC, method) shown
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
     assert "src=\"http" not in page and "<link" not in page
+    assert '<th class="name">method</th>' in page and '<td class="name">dm</td>' in page  # names read as text
     # CSV: tidy, one row per eval model × split × metric of every done cell
     csv = pd.read_csv(files.results)
     assert {"dataset", "method", "ipc", "seed", "protocol_id", "model_index", "split", "metric", "value"} <= set(csv)

@@ -263,7 +263,7 @@ font-size:13px}
 table{border-collapse:collapse;margin:6px 0 14px;font-size:13px;font-variant-numeric:tabular-nums}
 th,td{padding:5px 12px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{background:#f1f4f9;font-weight:600;color:#374151}
-td:nth-child(4),th:nth-child(4){text-align:left}
+td.name,th.name{text-align:left}
 tr:hover td{background:#fafbfd}
 td.best{color:#0b5d1e;background:#e9f7ee}
 tr.group td{border-top:2px solid #c9d1de}
