@@ -58,6 +58,7 @@ def test_report_writes_three_files_with_tables_and_embedded_figures(report_db, t
     row = csv[(csv.dataset == "gamma") & (csv.method == "dm") & (csv.ipc == 10) & (csv.split == "test")
               & (csv.metric == "accuracy")]
     assert sorted(row.value) == pytest.approx([0.80, 0.82])  # 0.6 + 0.15 + 0.05 ± 0.01
+    assert not re.search(r"\d\.\d{8,}", files.results.read_text())  # 7 significant digits, not float64 noise
 
 
 def test_mixed_protocols_get_separate_sections(tmp_path, capsys):

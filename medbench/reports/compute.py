@@ -32,9 +32,10 @@ def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
     if acc.empty:
         return pd.DataFrame(columns=COLUMNS)
     configs = {cid: json.loads(c) for cid, c in zip(cells.cell_id, cells.config, strict=True)}
+    infos = {cid: config.get("condensed_info") or {} for cid, config in configs.items()}
     # Distillation seconds as the budget counts them (checkpoint scoring excluded) where the method
     # recorded them, else the cell's whole distillation time (an upper bound: scoring included).
-    recorded = {cid: (configs[cid].get("condensed_info") or {}).get("checkpoints") for cid in cells.cell_id}
+    recorded = {cid: info.get("checkpoints") for cid, info in infos.items()}
     seconds = {cid: recorded[cid][-1][1] if recorded[cid] else total
                for cid, total in zip(cells.cell_id, cells.distill_seconds, strict=True)}
     per_cell = acc.groupby(["cell_id", "protocol_id", "dataset", "size", "ipc", "method", "seed"],
@@ -43,8 +44,7 @@ def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
     per_cell["seconds"] = [seconds.get(c, np.nan) for c in per_cell.cell_id]
     per_cell["seconds_bound"] = [not recorded.get(c) for c in per_cell.cell_id]
     # Trajectory methods' expert buffer: built once per dataset, outside any cell's seconds.
-    per_cell["expert_seconds"] = [(configs[c].get("condensed_info") or {}).get("expert_train_seconds", np.nan)
-                                  for c in per_cell.cell_id]
+    per_cell["expert_seconds"] = [infos[c].get("expert_train_seconds", np.nan) for c in per_cell.cell_id]
     per_cell["method"] = per_cell.method.str.replace(BUDGET_SUFFIX, "", regex=True)  # other variants stay apart
     per_cell = per_cell.rename(columns={"value": "accuracy"})
     keys = ["protocol_id", "dataset", "size", "ipc"]

@@ -46,15 +46,16 @@ class Table:
         return tabulate(rows, headers=self.columns, tablefmt="github", disable_numparse=True)
 
     def html(self) -> str:
-        name = ' class="name"'  # the method column reads as text (left-aligned); numbers align right
-        head = "".join(f"<th{name if c == 'method' else ''}>{html.escape(c)}</th>" for c in self.columns)
+        # The method column reads as text (left-aligned); numbers align right.
+        attr = {c: ' class="name"' if c == "method" else "" for c in self.columns}
+        head = "".join(f"<th{attr[c]}>{html.escape(c)}</th>" for c in self.columns)
         body = []
         for i, r in enumerate(self.rows):
             first = i > 0 and r.get("IPC") is not None and r.get("IPC") != self.rows[i - 1].get("IPC")
             cls = ' class="full"' if r.get("method") == "full" else ' class="group"' if first else ""
             cells = "".join(
                 f"<td class=\"best\"><b>{html.escape(str(r.get(c, '')))}</b></td>" if (i, c) in self.bold
-                else f"<td{name if c == 'method' else ''}>{html.escape(str(r.get(c, '')))}</td>" for c in self.columns)
+                else f"<td{attr[c]}>{html.escape(str(r.get(c, '')))}</td>" for c in self.columns)
             body.append(f"<tr{cls}>{cells}</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
