@@ -12,6 +12,7 @@ from medbench.data.catalog import DEFAULT_DATA_ROOT
 from medbench.evaluation.protocols import DEFAULT_PROTOCOL, named_protocol
 from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.runner import run_grid
+from medbench.method import DEFAULT_SELECTION
 from medbench.storage.store import Store
 from medbench.summary import summarize
 
@@ -40,12 +41,16 @@ def run(
     eval_compile: str = "off",
     progress: bool = False,
     protocol: str = DEFAULT_PROTOCOL,
+    selection_metric: str = DEFAULT_SELECTION,
+    matched_baselines: bool = True,
     **settings: Any,
 ) -> pd.DataFrame:
     """Run a grid and return one row per cell (metrics as mean and std over the eval models).
 
     ``protocol`` names the evaluation protocol (``medbench protocols``); ``settings`` override any
     of its fields (:class:`medbench.evaluation.Protocol`), e.g. ``eval_models=5, epochs=300``.
+    ``selection_metric``: the val score methods choose their checkpoints by; ``matched_baselines``:
+    add each method's matched baseline and plain random (``--no-matched-baselines`` turns it off).
     Cells already in ``db`` are not run again.
     """
     spec = GridSpec(
@@ -54,7 +59,8 @@ def run(
         protocol=named_protocol(protocol, settings),
         data_root=Path(data_root).expanduser(), download=download, db=Path(db), device=device,
         retry_failed=retry_failed, executor=executor, workers=workers, ray_address=ray_address,
-        eval_batching=eval_batching, eval_compile=eval_compile,
+        eval_batching=eval_batching, eval_compile=eval_compile, selection_metric=selection_metric,
+        matched_baselines=matched_baselines,
     )
     return run_grid(spec, progress=progress)
 

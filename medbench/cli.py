@@ -20,7 +20,7 @@ from medbench.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS, named_pro
 from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.launch import interrupted
-from medbench.method import get_method, list_methods
+from medbench.method import SELECTION_METRICS, get_method, list_methods
 from medbench.storage.files import read_yaml
 
 EXIT_USAGE = 2
@@ -114,6 +114,10 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method-args", action="append", default=[], metavar="SPEC",
                    help="method hyper-parameters: NAME:key=value,... or a YAML file {NAME: {key: value}}; "
                         "repeatable")
+    g.add_argument("--selection-metric", choices=SELECTION_METRICS,
+                   help="the val score by which a method keeps its checkpoint, random:candidates=N its subset, "
+                        "and a tuning trial is scored (default: balanced_accuracy; accuracy rewards predicting "
+                        "the majority class of an imbalanced val split)")
     e = p.add_argument_group("evaluation protocol (one for every method; options below override the named one)")
     e.add_argument("--protocol",
                    help=f"named evaluation protocol: {', '.join(PROTOCOLS.names())} (default: {DEFAULT_PROTOCOL}; "
@@ -183,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop every iterative method at the first iteration that ends past S wall-clock seconds "
                         "of distillation (val scoring not counted), keeping its val-chosen checkpoint; several "
                         "budgets run each such cell once per budget (equal-compute comparisons; default: no limit)")
+    r.add_argument("--no-matched-baselines", dest="matched_baselines", action="store_false", default=None,
+                   help="do not add the matched baselines (random choosing among as many subsets as a method "
+                        "has checkpoints, tiled random for tiled sets, random_soft for soft labels) and plain "
+                        "random that the report compares every method with")
     r.add_argument("--tuned", action="store_true", default=None,
                    help="use the configuration `medbench tune` stored for each method, dataset, size and IPC "
                         "(where there is none, the parameters as given, and a line says so)")
@@ -283,7 +291,8 @@ GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "se
                 "data_root": "data_root", "download": "download", "db": "db", "device": "device",
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
                 "ray_address": "ray_address", "eval_batching": "eval_batching",
-                "eval_compile": "eval_compile", "tuned": "tuned", "budget_seconds": "budgets"}
+                "eval_compile": "eval_compile", "tuned": "tuned", "budget_seconds": "budgets",
+                "selection_metric": "selection_metric", "matched_baselines": "matched_baselines"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:

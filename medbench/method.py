@@ -4,6 +4,13 @@ A method is a function ``(task: DistillTask, params: P) -> CondensedSet`` regist
 ``@register_method("name", params=P)``, where ``P`` is a dataclass of its hyper-parameters with
 its defaults (the official code's values where one exists; the docstring names any difference).
 Methods never see the test split.
+
+A method that keeps the best of several candidates (checkpoints, subsets) scores them on val with
+the task's **selection metric** (:data:`SELECTION_METRICS`, balanced accuracy by default: it does not
+reward predicting the majority class) and returns the score of the set it keeps as
+``info["val_score"]``. Such a method declares ``selects`` (a cell's identity then includes the
+metric) and, where one exists, its **matched baseline** (``matched``): the baseline that makes the
+same choice among as many candidates, e.g. ``random`` with ``candidates=N``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ from medbench.models import ModelSpec
 from medbench.registry import Registry
 
 P = TypeVar("P")
+
+# Val scores a method may choose its candidates by; the first is the default. Cells chosen by
+# accuracy (every cell stored before the metric existed) keep their ids and are labelled as such.
+SELECTION_METRICS = ("balanced_accuracy", "accuracy")
+DEFAULT_SELECTION = SELECTION_METRICS[0]
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class DistillTask(TrainGeometry):
     # seconds, val scores {"accuracy", "balanced_accuracy"}) — tuning reports it to Ray Tune.
     on_checkpoint: Callable[[int, float, dict[str, float]], None] | None = None
     budget_seconds: float | None = None  # iterative methods stop after this many distillation seconds
+    selection_metric: str = DEFAULT_SELECTION  # the val score candidates are chosen by (SELECTION_METRICS)
 
     @cached_property
     def class_indices(self) -> list[torch.Tensor]:
@@ -121,6 +134,10 @@ class DistillTask(TrainGeometry):
         if self.on_checkpoint is not None:
             self.on_checkpoint(iteration, seconds, scores)
 
+    def selection_score(self, scores: dict[str, float]) -> float:
+        """The value of ``scores`` (val accuracy, balanced accuracy) a candidate is chosen by."""
+        return scores[self.selection_metric]
+
     def over_budget(self, seconds: float) -> bool:
         """Whether an iterative method has spent its distillation budget (``budget_seconds``)."""
         return self.budget_seconds is not None and seconds >= self.budget_seconds
@@ -143,23 +160,42 @@ class Method(Generic[P]):
     prepare: Callable[[Splits, P, ModelSpec, Callable[[int, int], None] | None], None] | None = None
     # What ``medbench tune`` searches: field -> medbench.tuning.space.Dim (ranges, scales).
     search_space: Mapping[str, Any] = field(default_factory=dict)
+    # Whether the method (with these params) chooses among candidates on val: then the selection
+    # metric is part of its cells' identity. A bool, or a function of the params.
+    selects: bool | Callable[[P], bool] = True
+    # The matched baseline of a selecting method, a function of its params: (method, params), e.g.
+    # ("random", {"candidates": 11, ...}); None where there is none.
+    matched: Callable[[P], tuple[str, dict[str, Any]] | None] | None = None
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> P:
         return hparams.build(self.params, values, context=f"method {self.name}")
+
+    def chooses(self, values: Mapping[str, Any] | None = None) -> bool:
+        """Whether this method, run with ``values``, chooses among candidates on val."""
+        return self.selects(self.make_params(values)) if callable(self.selects) else bool(self.selects)
+
+    def baseline(self, values: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]] | None:
+        """The matched baseline (method, params) of this method run with ``values``, if any."""
+        return self.matched(self.make_params(values)) if self.matched is not None else None
 
 
 METHODS: Registry[Method] = Registry("method", entry_point_group="medbench.methods")
 
 
 def register_method(name: str, *, params: type = NoParams, uses_ipc: bool = True,
-                    prepare: Callable | None = None, search_space: Mapping[str, Any] | None = None) -> Callable:
+                    prepare: Callable | None = None, search_space: Mapping[str, Any] | None = None,
+                    selects: bool | Callable[[Any], bool] = True,
+                    matched: Callable[[Any], tuple[str, dict[str, Any]] | None] | None = None) -> Callable:
     """Register ``fn(task, params) -> CondensedSet`` under ``name``; its docstring's first line
     is the description ``medbench methods`` shows. ``search_space``: the fields ``medbench tune``
-    searches, ``{field: Dim(low, high, scale)}`` (checked when tuning starts)."""
+    searches, ``{field: Dim(low, high, scale)}`` (checked when tuning starts). ``selects``: whether
+    the method chooses among candidates on val (``task.selection_metric``; default True, so an
+    undeclared plug-in is never pooled across selection metrics); ``matched``: params -> its matched
+    baseline ``(method, params)`` (see the module doc)."""
 
     def wrap(_name: str, fn: Callable) -> Method:
         description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        return Method(name, fn, params, description, uses_ipc, prepare, dict(search_space or {}))
+        return Method(name, fn, params, description, uses_ipc, prepare, dict(search_space or {}), selects, matched)
 
     return METHODS.decorator(name, wrap)
 

@@ -1,5 +1,5 @@
 """What DC, DSA and DM share: learnable synthetic images, per-iteration seeding, checkpoint
-selection on validation accuracy, and atomic save/resume.
+selection on val (by the task's selection metric), and atomic save/resume.
 
 Randomness: iteration ``i`` draws everything (real batches, network initialisation,
 augmentation) from a generator seeded by ``(task.seed, i)``, so the RNG state to resume from is
@@ -115,10 +115,26 @@ def val_scores(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, *,
                             epochs=epochs, lr=lr, generator=generator, augment=augment, prepare=task.normalize)
 
 
-def val_accuracy(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-                 augment: Augment | None) -> float:
-    """:func:`val_scores`' accuracy: what checkpoints are chosen by."""
-    return val_scores(task, images, labels, epochs=epochs, lr=lr, augment=augment)["accuracy"]
+def val_score(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+              augment: Augment | None) -> float:
+    """:func:`val_scores` in the task's selection metric: what candidates are chosen by."""
+    return task.selection_score(val_scores(task, images, labels, epochs=epochs, lr=lr, augment=augment))
+
+
+def checkpoint_count(iterations: int, eval_every: int) -> int:
+    """How many checkpoints a loop of ``iterations`` scored every ``eval_every`` chooses among: the
+    initial set, every ``eval_every``-th iteration and the last one (fewer if a budget stops it)."""
+    return 1 + iterations // eval_every + (1 if iterations % eval_every else 0)
+
+
+def matched_random(params: Any, *, augment: bool, method: str = "random", lr: float | None = None,
+                   **extra: Any) -> tuple[str, dict[str, Any]]:
+    """The matched baseline of a checkpoint-choosing loop: ``method`` (random, or a tiled random)
+    choosing among as many real subsets as the loop has checkpoints, each scored on val by a
+    network trained as the loop scores its checkpoints (epochs, lr, augmentation)."""
+    return method, {"candidates": checkpoint_count(params.iterations, params.eval_every),
+                    "eval_epochs": params.eval_epochs, "eval_lr": lr if lr is not None else params.eval_lr,
+                    "augment": augment, **extra}
 
 
 # step(images, optimizer, generator) runs one iteration's image updates and returns its matching
@@ -133,8 +149,8 @@ class _State:
     optimizer: dict
     best_images: torch.Tensor
     best_iteration: int
-    best_accuracy: float
-    history: list[tuple[int, float]]  # (iteration, val accuracy) of every checkpoint
+    best_accuracy: float  # the best checkpoint's val score in the selection metric (name kept: resumable states)
+    history: list[tuple[int, float]]  # (iteration, val score) of every checkpoint
     losses: list[tuple[int, float]]  # (iteration, mean matching loss since the last checkpoint)
     seconds: float = 0.0  # distillation seconds so far (checkpoint scoring excluded), across resumes
     checkpoints: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)  # (it, seconds, val)
@@ -147,8 +163,8 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
             initial: torch.Tensor | None = None, decode: Decode | None = None,
             on_resume: Callable[[int], None] | None = None) -> CondensedSet:
     """Run ``params.iterations`` of ``step`` on learnable images, checkpointing every
-    ``params.eval_every`` and at the end, and return the checkpoint with the best val accuracy
-    (iteration 0, the initialisation, is a candidate too).
+    ``params.eval_every`` and at the end, and return the checkpoint with the best val score in the
+    task's selection metric (iteration 0, the initialisation, is a candidate too).
 
     ``initial``: the starting images (default :func:`initial_set`); ``decode``: what a network
     trains on given the stored (images, labels), for checkpoint scoring (IDM's expansion);
@@ -159,13 +175,15 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
     fingerprint = {"method": name, "params": dataclasses.asdict(params), "ipc": task.ipc, "seed": task.seed,
                    "num_classes": task.num_classes, "shape": list(task.train.images.shape[1:]),
                    "model": [task.model.name, task.model.options]}
+    if task.selection_metric != "accuracy":  # states saved before the metric existed chose by accuracy
+        fingerprint["selection"] = task.selection_metric
     path = task.checkpoint_dir / f"{name}.pt" if task.checkpoint_dir is not None else None
 
     def evaluate(images: torch.Tensor, iteration: int, seconds: float) -> float:
         x, y = decode(images.detach(), labels) if decode is not None else (images, labels)
         scores = val_scores(task, x, y, epochs=params.eval_epochs, lr=params.eval_lr, augment=augment)
         task.checkpoint(iteration, seconds, scores)
-        return scores["accuracy"]
+        return task.selection_score(scores)
 
     state = _load(path, fingerprint, task.device)
     if state is None:
@@ -214,7 +232,7 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
     return CondensedSet(
         state.best_images.detach().clone(), labels,
         info={"chosen_iteration": state.best_iteration, "candidates": len(state.history),
-              "val_accuracy": state.best_accuracy,
+              "selection_metric": task.selection_metric, "val_score": state.best_accuracy,
               "iterations": params.iterations, "val_history": state.history,
               "matching_loss": state.losses, "checkpoints": state.checkpoints,
               **({"stopped_by_budget": state.iteration} if task.over_budget(state.seconds)

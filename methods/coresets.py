@@ -99,13 +99,13 @@ def _select(task: DistillTask, params: CoresetParams, order) -> CondensedSet:
                                            f"training split"})
 
 
-@register_method("herding", params=CoresetParams)
+@register_method("herding", params=CoresetParams, selects=False)
 def herding(task: DistillTask, params: CoresetParams) -> CondensedSet:
     """Herding: real images whose running mean embedding tracks the class mean (coreset baseline)."""
     return _select(task, params, herding_order)
 
 
-@register_method("kcenter", params=CoresetParams)
+@register_method("kcenter", params=CoresetParams, selects=False)
 def kcenter(task: DistillTask, params: CoresetParams) -> CondensedSet:
     """Greedy k-center (farthest-point) real images in embedding space (coreset baseline)."""
     return _select(task, params, kcenter_order)

@@ -143,7 +143,12 @@ SEARCH_SPACE = {"lr_img": Dim(10.0, 1000.0, "log"), "lr_labels": Dim(0.5, 20.0, 
                 "lr_lr": Dim(1e-7, 1e-3, "log"), "syn_steps": Dim(10, 80, "log", integer=True)}
 
 
-@register_method("datm", params=DATMParams, prepare=prepare_buffer, search_space=SEARCH_SPACE)
+def matched_soft(p: DATMParams) -> tuple[str, dict]:
+    """A soft-label set's baseline: random_soft with the same expert buffer (the same teacher)."""
+    return "random_soft", {f.name: getattr(p, f.name) for f in dataclasses.fields(BufferParams)}
+
+
+@register_method("datm", params=DATMParams, prepare=prepare_buffer, search_space=SEARCH_SPACE, matched=matched_soft)
 def datm(task: DistillTask, params: DATMParams) -> CondensedSet:
     """Difficulty-aligned trajectory matching with learned soft labels (Guo et al., ICLR 2024)."""
     try:
@@ -162,7 +167,7 @@ def datm(task: DistillTask, params: DATMParams) -> CondensedSet:
     return dataclasses.replace(result, extras={**result.extras, "hard_labels": classes})
 
 
-@register_method("random_soft", params=BufferParams, prepare=prepare_buffer)
+@register_method("random_soft", params=BufferParams, prepare=prepare_buffer, selects=False)
 def random_soft(task: DistillTask, params: BufferParams) -> CondensedSet:
     """Random's subset with soft labels from the expert buffer's teacher (DATM's label rule): the
     baseline a soft-label method is compared with (DD-Ranking's IOR)."""

@@ -226,13 +226,15 @@ SEARCH_SPACE = {"lr_img": Dim(0.01, 10.0, "log"), "outer_loop": Dim(1, 50, "log"
                 "inner_loop": Dim(1, 50, "log", integer=True)}
 
 
-@register_method("dc", params=DCParams, search_space=SEARCH_SPACE)
+@register_method("dc", params=DCParams, search_space=SEARCH_SPACE,
+                 matched=lambda p: syn.matched_random(p, augment=False))
 def dc(task: DistillTask, params: DCParams) -> CondensedSet:
     """Dataset condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021)."""
     return _run(task, params, name="dc", augment=False)
 
 
-@register_method("dsa", params=DCParams, search_space=SEARCH_SPACE)
+@register_method("dsa", params=DCParams, search_space=SEARCH_SPACE,
+                 matched=lambda p: syn.matched_random(p, augment=True))
 def dsa(task: DistillTask, params: DCParams) -> CondensedSet:
     """Gradient matching with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)."""
     return _run(task, params, name="dsa", augment=True)

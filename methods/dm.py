@@ -76,7 +76,8 @@ def matching_loss(task: DistillTask, images: torch.Tensor, generator: torch.Gene
     return embedding_gap(net, task, images, generator, batch_real=batch_real, augment=augment)[0]
 
 
-@register_method("dm", params=DMParams, search_space={"lr_img": Dim(0.1, 100.0, "log")})
+@register_method("dm", params=DMParams, search_space={"lr_img": Dim(0.1, 100.0, "log")},
+                 matched=lambda p: syn.matched_random(p, augment=p.augment))
 def dm(task: DistillTask, params: DMParams) -> CondensedSet:
     """Distribution matching of mean embeddings under random networks (Zhao & Bilen, WACV 2023)."""
     aug = syn.augmenter(params.augment, task)

@@ -42,8 +42,9 @@ from medbench.tuning.space import Dim
 
 from . import _synthetic as syn
 from .dm import embedding_gap
+from .random_selection import initial_tiles
 
-_TILES, _QUEUE = 5, 6  # seed streams (0-4 are used elsewhere in methods/)
+_QUEUE = 6  # seed stream (0-5 are used elsewhere in methods/)
 
 
 @dataclass(frozen=True)
@@ -154,25 +155,11 @@ def class_contiguous(images: torch.Tensor, labels: torch.Tensor, classes: int,
     return x[order], y[order]
 
 
-def initial_tiles(task: DistillTask, factor: int) -> torch.Tensor:
-    """Class-contiguous stored images: tile 0 random's subset of the seed, the other tiles real
-    images of the same class drawn uniformly with the seed (with replacement: a small class may
-    repeat an image, tile 0's included)."""
-    first = task.initial_indices()
-    if factor == 1:
-        return task.real(first)
-    labels = task.train.labels[first]
-    g = syn.generator_for(task.seed, _TILES, 0)
-    parts = [task.real(first)]
-    for _ in range(factor * factor - 1):
-        picks = torch.stack([task.class_indices[int(c)][torch.randint(len(task.class_indices[int(c)]), (1,),
-                                                                      generator=g).item()] for c in labels])
-        parts.append(task.real(picks))
-    return partition.tile([p.float() for p in parts], factor)
-
-
 @register_method("idm", params=IDMParams,
-                 search_space={"lr_img": Dim(0.02, 20.0, "log"), "ce_weight": Dim(0.0, 2.0)})
+                 search_space={"lr_img": Dim(0.02, 20.0, "log"), "ce_weight": Dim(0.0, 2.0)},
+                 matched=lambda p: syn.matched_random(p, augment=p.augment, method="random_tiled",
+                                                      partition=p.partition)
+                 if p.partition > 1 else syn.matched_random(p, augment=p.augment))
 def idm(task: DistillTask, params: IDMParams) -> CondensedSet:
     """Improved distribution matching: partitioned images, a queue of trained networks, class-aware loss (CVPR 2023)."""
     aug = syn.augmenter(params.augment, task)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from medbench.methods import _synthetic as syn
 from medbench.methods.trajectory import (
     BufferParams,
     Diverged,
@@ -106,7 +107,12 @@ SEARCH_SPACE = {"lr_img": Dim(10.0, 10000.0, "log"), "lr_lr": Dim(1e-7, 1e-3, "l
                 "max_start_epoch": Dim(2, 40, integer=True)}
 
 
-@register_method("mtt", params=MTTParams, prepare=prepare_buffer, search_space=SEARCH_SPACE)
+def matched_random(p: MTTParams) -> tuple[str, dict]:
+    """Random choosing among as many subsets as MTT has checkpoints, scored at the initial lr."""
+    return syn.matched_random(p, augment=p.augment, lr=p.lr_teacher)
+
+
+@register_method("mtt", params=MTTParams, prepare=prepare_buffer, search_space=SEARCH_SPACE, matched=matched_random)
 def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
     """Matching training trajectories (Cazenavette et al., 2022), exact gradient in J-independent memory."""
     buffer = open_buffer(task, params, params.max_start_epoch - 1 + params.expert_epochs)

@@ -29,7 +29,7 @@ class PackageParams:
         object.__setattr__(self, "path", os.path.abspath(Path(self.path).expanduser()))
 
 
-@register_method("package", params=PackageParams)
+@register_method("package", params=PackageParams, selects=False)
 def package(task: DistillTask, params: PackageParams) -> CondensedSet:
     """A shared package (medbench export) as the training set, evaluated on your own val/test."""
     return package_condensed(Path(params.path), task, params.sha256)

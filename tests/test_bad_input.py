@@ -364,7 +364,7 @@ CASES: list[tuple[list[str], str]] = [
     ([*TUNE, "--trials", "0"], "must be positive"),
     ([*TUNE, "--time-budget", "-5"], "must be positive"),
     ([*TUNE, "--time-budget", "inf"], "must be a finite positive number"),
-    ([*TUNE, "--objective", "f1"], "invalid choice"),
+    ([*TUNE, "--selection-metric", "f1"], "invalid choice"),
     ([*TUNE, "--method-args", "dm:lr_img=-1"], "lr_img must be positive"),
     ([*RUN_TOY, "--budget-seconds", "0"], "budget seconds must be positive"),
     ([*RUN_TOY, "--budget-seconds", "ten"], "expected comma-separated seconds"),

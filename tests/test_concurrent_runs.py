@@ -44,7 +44,7 @@ def test_two_runs_on_one_database_compute_every_cell_once(tmp_path):
     db = tmp_path / "r.sqlite"
     argv = [sys.executable, "-m", "medbench", "run", "--methods", "counted", "--datasets", str(data),
             "--ipc", "1,2", "--seeds", "0,1,2,3,4,5", "--width", "4", "--epochs", "5", "--eval-models", "1",
-            "--eval-augment", "none", "--device", "cpu", "--db", str(db), "--no-progress"]
+            "--eval-augment", "none", "--device", "cpu", "--db", str(db), "--no-progress", "--no-matched-baselines"]
     first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     second = subprocess.Popen([*argv, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -17,7 +17,7 @@ from medbench.storage.store import Store
 
 def test_budgets_expand_iterative_methods_only_and_keep_unbudgeted_ids(toy_npz):
     base = GridSpec(methods=("random", "dm", "herding"), datasets=(str(toy_npz),), ipcs=(1,), seeds=(0,),
-                    protocol=Protocol(width=4))
+                    protocol=Protocol(width=4), matched_baselines=False)
     plain = expand(base)
     budgeted = expand(GridSpec(**{**base.__dict__, "budgets": (5.0, 20.0)}))
     assert [(c.method, c.budget) for c in budgeted] == [("random", None), ("dm", 5.0), ("dm", 20.0),

@@ -31,7 +31,8 @@ def _count_training(monkeypatch):
 
 def _run_mtt(toy_npz, tmp_path, root, ipc=(1,)):
     return medbench.run(methods=["mtt"], datasets=[str(toy_npz)], ipc=list(ipc), db=tmp_path / "r.sqlite",
-                        device="cpu", method_args={"mtt": {**MTT, "experts_root": str(root)}}, seeds=[0], **FAST)
+                        device="cpu", method_args={"mtt": {**MTT, "experts_root": str(root)}}, seeds=[0],
+                        matched_baselines=False, **FAST)
 
 
 def test_experts_command_builds_then_run_reuses(toy_npz, tmp_path, capsys, monkeypatch):

@@ -23,7 +23,7 @@ from medbench.summary import format_summary
 
 def _run(toy_npz, db, **kw):
     args = dict(methods=["random", "full"], datasets=[str(toy_npz)], ipc=[1, 3], seeds=[0], db=db,
-                device="cpu")
+                device="cpu", matched_baselines=False)
     args.update(FAST)
     args.update(kw)
     return medbench.run(**args)

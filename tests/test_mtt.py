@@ -130,7 +130,7 @@ def test_end_to_end_records_choice_and_learned_lr(task, experts_root):
     assert out.images.shape == (6, 3, 8, 8) and out.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert out.lr is not None and out.lr > 0
     info = out.info
-    assert info["chosen_iteration"] in (0, 2, 4) and 0.0 <= info["val_accuracy"] <= 1.0
+    assert info["chosen_iteration"] in (0, 2, 4) and 0.0 <= info["val_score"] <= 1.0
     assert info["learned_lr"] == out.lr and info["status"] == "ok"
     again = run(task, experts_root)  # the buffer is reused; the run is deterministic
     assert torch.equal(again.images, out.images) and again.lr == out.lr

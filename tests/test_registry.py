@@ -11,7 +11,7 @@ from medbench.registry import Registry
 
 def test_builtin_methods_are_listed_and_glob():
     assert {"random", "full"} <= set(medbench.list_methods())
-    assert medbench.list_methods("r*") == ["random", "random_soft"]
+    assert medbench.list_methods("r*") == ["random", "random_soft", "random_tiled"]
     assert {"herding", "kcenter", "datm", "idm", "mtt"} <= set(medbench.list_methods())
     assert medbench.list_methods("zz*") == []
 

@@ -128,7 +128,7 @@ def probe_method():
 def test_check_catches_a_sabotaged_learning_rate(tmp_path, probe_method, capsys):
     """A real tiny grid: frozen, re-checked (passes), then run with lr 1e-9 (fails)."""
     data = write_npz(tmp_path / "toy.npz", make_arrays(n=(60, 12, 60), classes=3, size=12))
-    settings = dict(methods=[probe_method], datasets=[str(data)], ipc=[2], device="cpu",
+    settings = dict(methods=[probe_method], datasets=[str(data)], ipc=[2], device="cpu", matched_baselines=False,
                     seeds=[0], **{**FAST, "epochs": 12, "eval_models": 3})
     good = medbench.run(db=tmp_path / "good.sqlite", **settings)
     bad = medbench.run(db=tmp_path / "bad.sqlite", method_args={probe_method: {"lr": 1e-9}}, **settings)

@@ -39,13 +39,14 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     cells stopped at a distillation budget ``method (30 s)``."""
     configs = {cid: json.loads(config) for cid, config in zip(cells.cell_id, cells.config, strict=True)}
     # A parameter added after a cell was stored is read as the value that reproduces the old behaviour.
-    params = {cid: {**_old_behaviour(str(c.get("method", ""))), **(c.get("params") or {})}
+    params = {cid: {**old_behaviour(str(c.get("method", ""))), **(c.get("params") or {})}
               for cid, c in configs.items()}
     names = dict(zip(cells.cell_id, cells.method, strict=True))
     # Tuned rows and rows stopped at a distillation budget are their own rows, marked by a suffix; within
     # each (method, suffix) group cells run with different parameters are named by them.
     suffix = {cid: (" (tuned)" if c.get("tuning") else "")
               + (f" ({c['budget_seconds']:g} s)" if c.get("budget_seconds") is not None else "")
+              + (" (accuracy-selected)" if selection_of(c) == "accuracy" else "")
               for cid, c in configs.items()}
     frame = cells.assign(_suffix=cells.cell_id.map(suffix))
     for (method, tail), group in frame.groupby(["method", "_suffix"]):
@@ -64,8 +65,18 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     return names
 
 
+def selection_of(config: dict) -> str | None:
+    """The val score a stored cell chose its result by among several candidates, or None where it
+    chose nothing. Cells stored before the selection metric existed chose by accuracy."""
+    info = config.get("condensed_info") or {}
+    candidates = info.get("candidates", 1)
+    if not isinstance(candidates, int | float) or candidates <= 1:
+        return None
+    return str(config.get("selection_metric", "accuracy"))
+
+
 @functools.cache
-def _old_behaviour(method: str) -> dict:
+def old_behaviour(method: str) -> dict:
     """Fields of ``method``'s params that name the value of the behaviour before they existed."""
     try:
         params = get_method(method).params

@@ -58,7 +58,9 @@ def across_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Paired:
-    """A paired comparison over common seeds: mean difference, its t-interval and the test."""
+    """A paired comparison over common seeds: mean difference, its t-interval and the test.
+    ``zero_spread``: every seed's difference is the same (two identical sets, say), so there is no
+    spread to test against: p is NaN and the comparison is never significant."""
 
     n: int
     diff: float
@@ -66,6 +68,7 @@ class Paired:
     low: float
     high: float
     p: float
+    zero_spread: bool = False
 
     @property
     def significant(self) -> bool:
@@ -83,8 +86,8 @@ def paired(a: pd.Series, b: pd.Series, level: float = 0.95) -> Paired:
     if n < 2:
         return Paired(n, mean, math.nan, math.nan, math.nan, math.nan)
     se = float(d.std(ddof=1)) / math.sqrt(n)
-    if se == 0:  # identical differences on every seed: no spread to test against
-        return Paired(n, mean, 0.0, mean, mean, 1.0 if mean == 0 else 0.0)
+    if se == 0:  # identical differences on every seed: no spread to test against, so no test
+        return Paired(n, mean, 0.0, mean, mean, math.nan, zero_spread=True)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
     p = float(stats.ttest_rel(a.loc[common].to_numpy(float), b.loc[common].to_numpy(float)).pvalue)
     return Paired(n, mean, se, mean - half, mean + half, p)

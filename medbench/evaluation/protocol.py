@@ -136,6 +136,7 @@ class ModelScore:
     val: dict[str, float]
     test: dict[str, float]
     train_seconds: float
+    test_predicted: np.ndarray | None = None  # the class predicted for every test image (test bootstraps)
 
 
 def model_seeds(seed: int, count: int) -> list[int]:
@@ -302,10 +303,13 @@ def _evaluate(condensed: CondensedSet, splits: Splits, protocol: Protocol, *, se
     zca = ZCA.from_extras(condensed.extras)
     prepare = splits.normalize if zca is None else (lambda x: zca(splits.normalize(x)))
 
+    predicted: dict[str, list[np.ndarray]] = {}
+
     def score(split_name: str) -> list[dict[str, float]]:
         split = getattr(splits, split_name)
         truth = split.labels.cpu().numpy()
         probs = list(trained.predict_proba(split.images, prepare=prepare))
+        predicted[split_name] = [p.argmax(1).numpy().astype(np.int16) for p in probs]
         for k, p in enumerate(probs):
             if not torch.isfinite(p).all():
                 # A network that blew up (too high an lr for this architecture, say) has no
@@ -318,6 +322,6 @@ def _evaluate(condensed: CondensedSet, splits: Splits, protocol: Protocol, *, se
     # The test split is read only here, after every network is trained and scored on val.
     test_scores = score("test")
     return [
-        ModelScore(k, s, float(lr), epochs, v, t, secs)
+        ModelScore(k, s, float(lr), epochs, v, t, secs, predicted["test"][k])
         for k, (s, v, t, secs) in enumerate(zip(seeds, val_scores, test_scores, trained.seconds, strict=True))
     ]

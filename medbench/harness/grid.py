@@ -15,7 +15,7 @@ from medbench.errors import MedbenchError
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, compile_options
 from medbench.hparams import as_dict
-from medbench.method import get_method
+from medbench.method import DEFAULT_SELECTION, SELECTION_METRICS, get_method
 
 DEFAULT_DB = Path("results/medbench.sqlite")
 MAX_SEED = 2**32 - 1
@@ -37,19 +37,29 @@ class Cell:
     protocol: Protocol
     tuning: dict[str, Any] | None = None  # the stored tuning these params come from (``run --tuned``)
     budget: float | None = None  # distillation seconds an iterative method may spend (None: no limit)
+    selection: str = DEFAULT_SELECTION  # the val score a selecting method chooses its candidates by
+    added: str = field(default="", compare=False)  # not in the grid: added as this baseline (not identity)
 
     @property
     def protocol_id(self) -> str:
         return digest(self.protocol.identity())
 
     @property
+    def selects(self) -> bool:
+        """Whether this cell's method chooses among candidates on val (so the selection metric matters)."""
+        return get_method(self.method).chooses(self.params)
+
+    @property
     def cell_id(self) -> str:
         # A tuned cell is never the default cell, even where the search chose the default values.
         tuned = [self.tuning["tuning_id"]] if self.tuning else []
         budget = [{"budget_seconds": self.budget}] if self.budget is not None else []
+        # Cells stored before the selection metric existed chose by accuracy: that value is left out, so
+        # they keep their ids; a method that chooses nothing is the same cell under any metric.
+        selection = [{"selection": self.selection}] if self.selection != "accuracy" and self.selects else []
         params = hparams.identity(get_method(self.method).params, self.params)
         return digest([self.method, self.dataset, self.size, self.ipc, self.seed, params,
-                       self.protocol.identity(), *tuned, *budget])
+                       self.protocol.identity(), *tuned, *budget, *selection])
 
     @property
     def label(self) -> str:
@@ -83,6 +93,11 @@ class GridSpec:
     # Distillation budgets in seconds: every cell of an iterative method once per budget, stopped there
     # with its val-chosen checkpoint (equal-compute comparisons); () or (None,): no budget.
     budgets: tuple[float | None, ...] = (None,)
+    # The val score every selecting method (and tuning) chooses candidates by (SELECTION_METRICS).
+    selection_metric: str = DEFAULT_SELECTION
+    # Add each method's matched baseline (random choosing among as many subsets, the tiled random of a
+    # tiled method, random_soft of a soft-label one) and plain random, where the grid lacks them.
+    matched_baselines: bool = True
 
 
 def _dataset_key(ref: str, size: int | None) -> str:
@@ -121,6 +136,9 @@ def expand(spec: GridSpec) -> list[Cell]:
     compile_options(spec.eval_compile)  # an unknown mode fails here, before any work
     if spec.executor not in ("local", "process", "ray"):
         raise MedbenchError(f"unknown executor {spec.executor!r}; choose local, process or ray")
+    if spec.selection_metric not in SELECTION_METRICS:
+        raise MedbenchError(f"unknown selection metric {spec.selection_metric!r}; "
+                            f"choose {' or '.join(SELECTION_METRICS)}")
     if spec.workers < 1:
         raise MedbenchError(f"workers must be at least 1, got {spec.workers}")
     if any(b is not None and not (b > 0 and b != float("inf")) for b in spec.budgets):
@@ -143,8 +161,55 @@ def expand(spec: GridSpec) -> list[Cell]:
                 for budget in budgets:
                     for seed in spec.seeds:
                         cells.append(Cell(name, dataset, size, ipc, seed, params[name], spec.protocol,
-                                          budget=budget))
-    return _with_tuning(cells, Path(spec.db)) if spec.tuned else cells
+                                          budget=budget, selection=spec.selection_metric))
+    cells = _with_tuning(cells, Path(spec.db)) if spec.tuned else cells
+    return with_baselines(cells) if spec.matched_baselines else cells
+
+
+def matched_baseline(cell: Cell) -> Cell | None:
+    """The cell of ``cell``'s matched baseline (its method's ``matched`` declaration): same dataset,
+    size, IPC, seed, protocol and selection metric; None where the method declares none."""
+    found = get_method(cell.method).baseline(cell.params) if cell.ipc is not None else None
+    if found is None:
+        return None
+    name, values = found
+    params = as_dict(get_method(name).make_params(values))
+    return Cell(name, cell.dataset, cell.size, cell.ipc, cell.seed, params, cell.protocol, selection=cell.selection,
+                added=_describe(name, params))
+
+
+def with_baselines(cells: list[Cell]) -> list[Cell]:
+    """``cells`` plus, where missing, plain ``random`` beside every other method that uses IPC and
+    each cell's matched baseline (:func:`matched_baseline`), so every gain is reported against the
+    baseline that had the same chances. A baseline goes just before the first cell that needs it;
+    an added cell says so in ``added`` (what :func:`added_baselines` names)."""
+    present = {c.cell_id for c in cells}
+    out: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.ipc is not None and cell.method != "random":
+            plain = Cell("random", cell.dataset, cell.size, cell.ipc, cell.seed,
+                         as_dict(get_method("random").make_params()), cell.protocol, selection=cell.selection,
+                         added="random")
+            for extra in (plain, matched_baseline(cell)):
+                if extra is not None and extra.cell_id not in present:
+                    out.setdefault(extra.cell_id, extra)
+        out.setdefault(cell.cell_id, cell)
+    return list(out.values())
+
+
+def added_baselines(cells: list[Cell]) -> str:
+    """One line naming the baselines :func:`with_baselines` added ("" where none)."""
+    names = list(dict.fromkeys(c.added for c in cells if c.added))
+    return f"medbench: adding matched baselines: {'; '.join(names)}" if names else ""
+
+
+def _describe(method: str, params: dict[str, Any]) -> str:
+    changed = {k: v for k, v in params.items() if v != _default(method, k)}
+    return method + (f" ({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else "")
+
+
+def _default(method: str, key: str) -> Any:
+    return as_dict(get_method(method).make_params()).get(key)
 
 
 def _iterates(method: Any) -> bool:

@@ -10,6 +10,7 @@ an interrupted run loses at most the cells in progress, and the next run skips s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from itertools import groupby
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +36,7 @@ from medbench.errors import CellFailed, MedbenchError
 from medbench.evaluation import ModelScore, evaluate
 from medbench.evaluation.batched import compile_options
 from medbench.harness.claims import Claims
-from medbench.harness.grid import Cell, GridSpec, expand
+from medbench.harness.grid import Cell, GridSpec, added_baselines, expand
 from medbench.launch import check as check_signals
 from medbench.method import CondensedSet, DistillTask, get_method
 from medbench.storage.condensed_io import save_condensed
@@ -96,15 +98,25 @@ def _base_record(cell: Cell, splits: Splits, **fields) -> CellRecord:
         config={"method": cell.method, "params": cell.params, "protocol": cell.protocol.record(),
                 "dataset_ref": cell.dataset, "dataset": splits.describe(),
                 **({"tuning": cell.tuning} if cell.tuning else {}),
+                **({"selection_metric": cell.selection} if cell.selects else {}),
                 **({"budget_seconds": cell.budget} if cell.budget is not None else {}), **fields.pop("config", {})},
         environment=environment(splits.device), **fields,
     )
 
 
+def fingerprint(condensed: CondensedSet) -> str:
+    """sha256 of a condensed set's images, labels and extras: equal digests, the same training set
+    (herding and k-center at IPC 1, a budgeted run that is its full run), shown once in reports."""
+    digest = hashlib.sha256()
+    for tensor in (condensed.images, condensed.labels, *(condensed.extras[k] for k in sorted(condensed.extras))):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def model_rows(scores: Iterable[ModelScore]) -> list[ModelRow]:
     """The store's rows for the evaluation networks of one cell."""
-    return [ModelRow(s.index, s.seed, s.lr, s.epochs, s.train_seconds, {"val": s.val, "test": s.test})
-            for s in scores]
+    return [ModelRow(s.index, s.seed, s.lr, s.epochs, s.train_seconds, {"val": s.val, "test": s.test},
+                     s.test_predicted) for s in scores]
 
 
 def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None, batching: str = "auto",
@@ -117,6 +129,7 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
         train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=cell.ipc or 0,
         seed=cell.seed, device=splits.device, normalize=splits.normalize, model=cell.protocol.model_spec(),
         checkpoint_dir=workdir / "checkpoints" / cell.cell_id, progress=bar.update, budget_seconds=cell.budget,
+        selection_metric=cell.selection,
     )
     torch.manual_seed(cell.seed)  # for methods that draw from the global generator
     try:
@@ -143,11 +156,11 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
         bar.close()
     n_images = len(condensed)
     record = _base_record(
-        cell, splits, config={"condensed_info": condensed.info},
+        cell, splits, config={"condensed_info": condensed.info, "condensed_sha256": fingerprint(condensed)},
         distill_seconds=distill_seconds, eval_seconds=time.perf_counter() - start, condensed_images=n_images,
         condensed_bytes=condensed.images.numel() * 4,  # float32, as stored
         compression_ratio=n_images / len(splits.train),
-        models=model_rows(scores),
+        models=model_rows(scores), test_labels=splits.test.labels.cpu().numpy().astype(np.int16),
     )
     # The full training set is not copied again next to the database.
     return record, condensed if method.uses_ipc else None
@@ -337,4 +350,6 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
                 check_signals()
         finally:
             overall.close()
+        if added_baselines(cells):  # said at the end: an error earlier stays one line
+            print(added_baselines(cells), file=sys.stderr)
         return summarize(store, [c.cell_id for c in cells])

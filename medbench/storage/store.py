@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medbench.errors import MedbenchError
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS scores (
 
 
 CLAIMS = "CREATE TABLE IF NOT EXISTS claims (cell_id TEXT PRIMARY KEY, owner TEXT NOT NULL, heartbeat REAL NOT NULL)"
+# Per-image test predictions of every evaluation network (int16 class indices), for intervals that
+# resample test images; model_index −1 holds the split's true labels. Databases written before it
+# existed lack it: their intervals are over seeds only, and reports say so.
+PREDICTIONS = ("CREATE TABLE IF NOT EXISTS predictions (cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE "
+               "CASCADE, model_index INTEGER NOT NULL, split TEXT NOT NULL, classes BLOB NOT NULL, "
+               "PRIMARY KEY (cell_id, model_index, split))")
+TRUTH = -1  # the model_index of a split's true labels in ``predictions``
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class ModelRow:
     epochs: int
     train_seconds: float
     scores: dict[str, dict[str, float]]  # split -> metric -> value
+    test_predicted: np.ndarray | None = None  # the class predicted for every test image
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class CellRecord:
     compression_ratio: float | None = None
     condensed_path: str | None = None
     models: list[ModelRow] = field(default_factory=list)
+    test_labels: np.ndarray | None = None  # the test split's labels, stored with the predictions
 
 
 def _is_file(path: Path) -> bool:
@@ -150,6 +160,7 @@ class Store:
             raise MedbenchError(f"{self.path}: not a medbench results database ({found}); pass another --db")
         if create:
             self._conn.execute(CLAIMS)  # cells being computed (medbench.harness.claims); older files lack it
+            self._conn.execute(PREDICTIONS)
 
     def close(self) -> None:
         self._conn.close()
@@ -195,6 +206,12 @@ class Store:
                         for metric, value in metrics.items()
                     ],
                 )
+            predicted = {m.index: m.test_predicted for m in record.models if m.test_predicted is not None}
+            if predicted and record.test_labels is not None:
+                self._conn.executemany(
+                    "INSERT INTO predictions VALUES (?,?,?,?)",
+                    [(record.cell_id, index, "test", np.asarray(classes, dtype="<i2").tobytes())
+                     for index, classes in {TRUTH: record.test_labels, **predicted}.items()])
 
     def merge(self, source: Path | str) -> int:
         """Copy the cells of another results database that this one lacks (with their scores and
@@ -206,8 +223,11 @@ class Store:
         with self._conn:
             self._conn.execute("ATTACH DATABASE ? AS src", (str(source),))
             try:
+                tables = ["cells", "eval_models", "scores"]
+                if "predictions" in _columns(self._conn) and self._has_table("src", "predictions"):
+                    tables.append("predictions")
                 for cell_id in new:
-                    for table in ("cells", "eval_models", "scores"):
+                    for table in tables:
                         self._conn.execute(f"INSERT INTO {table} SELECT * FROM src.{table} WHERE cell_id = ?",
                                            (cell_id,))
             finally:
@@ -224,6 +244,24 @@ class Store:
                                    (str(target.resolve()), cell_id))
         self._conn.commit()
         return len(new)
+
+    def _has_table(self, schema: str, table: str) -> bool:
+        return self._conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?",
+                                  (table,)).fetchone() is not None
+
+    def predictions(self, cell_ids: list[str] | None = None, split: str = "test") -> dict[str, np.ndarray]:
+        """cell_id -> (1 + K, N) int array: row 0 the split's true labels, then each evaluation network's
+        predicted class per image (model order). Cells stored without predictions are absent."""
+        if not self._has_table("main", "predictions"):
+            return {}
+        rows = self._conn.execute("SELECT cell_id, model_index, classes FROM predictions WHERE split = ? "
+                                  "ORDER BY cell_id, model_index", (split,)).fetchall()
+        wanted = None if cell_ids is None else set(cell_ids)
+        out: dict[str, list[np.ndarray]] = {}
+        for cell_id, _, blob in rows:  # model_index −1 (the truth) sorts first
+            if wanted is None or cell_id in wanted:
+                out.setdefault(cell_id, []).append(np.frombuffer(blob, dtype="<i2"))
+        return {c: np.stack(arrays).astype(np.int64) for c, arrays in out.items() if len(arrays) > 1}
 
     def cells(self, cell_ids: list[str] | None = None) -> pd.DataFrame:
         df = pd.read_sql_query("SELECT * FROM cells ORDER BY dataset, method, ipc, seed", self._conn)

@@ -15,9 +15,7 @@ from medbench.harness.grid import expand
 from medbench.method import get_method
 from medbench.storage.files import read_yaml
 from medbench.tuning.space import SearchSpace, check_space, parse_spaces
-from medbench.tuning.trial import OBJECTIVES, TrialContext
-
-IMBALANCE = 1.5  # val class counts max/min at or above this: the objective is balanced accuracy
+from medbench.tuning.trial import TrialContext
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tune", help="tune methods' hyper-parameters on val (Ray Tune: Optuna search, ASHA early stopping)",
         description="Search each method's hyper-parameters for each dataset and IPC of the grid on the validation "
                     "split (the test split is never read), with Ray Tune: an Optuna (TPE) searcher, ASHA stopping "
-                    "trials whose val-scored checkpoints fall behind. Every trial and the chosen configuration are "
+                    "trials whose val-scored checkpoints fall behind. A trial's score is the val score "
+                    "(--selection-metric) of the set the method returns. Every trial and the chosen configuration are "
                     "stored in --db; `medbench run --tuned` uses them. Interrupted: run the same command again. "
                     "Trials distil with the first of --seeds (default 0); the best --rescore configurations are "
                     "distilled again with fresh seeds and the best mean wins (small val sets flatter a single "
@@ -40,9 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "method, dataset and IPC (default: none)")
     t.add_argument("--space", type=Path, help="YAML {method: {field: {low, high, scale, integer} or [choices]}} "
                    "replacing the methods' declared search spaces")
-    t.add_argument("--objective", choices=["auto", *OBJECTIVES], default="auto",
-                   help="val score to maximise; auto: balanced accuracy where the val split's classes differ "
-                        f"by {IMBALANCE}x or more, else accuracy (default: auto)")
     t.add_argument("--rescore", type=_positive(int), default=3, help="best configurations re-scored with fresh "
                    "seeds (default: 3)")
     t.add_argument("--rescore-seeds", type=_positive(int), default=2, help="fresh seeds per re-scored "
@@ -55,13 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _spaces(path: Path | None) -> dict[str, SearchSpace]:
     return {} if path is None else parse_spaces(read_yaml(path, "the search space"), str(path))
-
-
-def _objective(choice: str, counts: list[int]) -> str:
-    if choice != "auto":
-        return choice
-    present = [c for c in counts if c]
-    return "balanced_accuracy" if present and max(present) >= IMBALANCE * min(present) else "accuracy"
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -77,7 +66,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise MedbenchError(f"medbench tune needs Ray Tune and Optuna ({exc.name} is missing): "
                             "pip install 'medbench[ray]'") from None
     spec = grid_spec_from_args(args)
-    spec = dataclasses.replace(spec, tuned=False)
+    spec = dataclasses.replace(spec, tuned=False, matched_baselines=False)
     overrides = _spaces(args.space)
     stray = sorted(set(overrides) - set(spec.methods))
     if stray:
@@ -100,7 +89,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for (name, dataset, size, ipc), cell in keys.items():
         splits = load_dataset(dataset, size=size, root=spec.data_root, download=spec.download)
         counts = splits.val.labels.bincount(minlength=splits.num_classes).tolist()
-        objective = _objective(args.objective, counts)
+        objective = spec.selection_metric  # a trial scores the set the method keeps, chosen by this metric
         label = f"{name} · {Path(dataset).name} · ipc {ipc}"
         print(f"tuning {label}: objective val {objective} (val class counts {counts}); "
               f"space {json.dumps({k: v.describe() for k, v in spaces[name].items()})}", file=sys.stderr)

@@ -3,8 +3,9 @@
 This is what Ray Tune runs in its workers. It loads the dataset, keeps only the training and
 validation splits (the test split is dropped before anything else happens: tuning never reads it),
 and reports every val-scored checkpoint of the method (``DistillTask.on_checkpoint``) so the
-scheduler can stop poor trials early. The objective is the best checkpoint score so far: the set
-the method would keep.
+scheduler can stop poor trials early. The method chooses its checkpoint by the objective (the
+task's selection metric), so the best checkpoint score so far is the score of the set it would
+keep, and the final score is the ``val_score`` of the set it returns.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
 from medbench.devices import resolve_device
 from medbench.errors import CellFailed, MedbenchError
-from medbench.method import DistillTask, get_method
+from medbench.method import SELECTION_METRICS, DistillTask, get_method
 from medbench.models import ModelSpec
 
-OBJECTIVES = ("accuracy", "balanced_accuracy")
+OBJECTIVES = SELECTION_METRICS
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class TrialContext:
     seed: int
     params: dict[str, Any]  # the method's other settings (fixed during the search)
     model: ModelSpec
-    objective: str  # accuracy | balanced_accuracy (of the method's val-scored checkpoints)
+    objective: str  # the selection metric: the method chooses its checkpoint by it, the trial is scored by it
     data_root: str
     device: str = "cpu"
     checkpoint_dir: str | None = None  # per-trial resumable state (None: none)
@@ -75,12 +76,14 @@ def run_trial(config: dict[str, Any], context: TrialContext,
             train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=context.ipc, seed=context.seed,
             device=splits.device, normalize=splits.normalize, model=context.model,
             checkpoint_dir=Path(context.checkpoint_dir) if context.checkpoint_dir else None,
-            on_checkpoint=on_checkpoint)
+            on_checkpoint=on_checkpoint, selection_metric=context.objective)
         torch.manual_seed(context.seed)
-        method.run(task, params)
+        condensed = method.run(task, params)
     except (CellFailed, MedbenchError) as exc:  # a diverged or impossible configuration scores nothing
         report({"objective": 0.0, "iteration": -1, "distill_seconds": time.perf_counter() - start})
         return {"objective": 0.0, "status": "failed", "message": str(exc), "checkpoints": best["checkpoints"],
                 "seconds": time.perf_counter() - start}
-    return {"objective": best["value"], "status": "done", "message": "", "checkpoints": best["checkpoints"],
+    # The score of the set the method returns (its own record of it where it keeps one).
+    value = float(condensed.info.get("val_score", best["value"]))
+    return {"objective": value, "status": "done", "message": "", "checkpoints": best["checkpoints"],
             "seconds": time.perf_counter() - start}

@@ -39,7 +39,7 @@ class Diverged(CellFailed):
 
     A :class:`CellFailed`, so the harness stores the cell as failed with the one-line message
     "diverged at iteration N (reason)" and goes on. ``condensed`` is the last good result: the
-    set chosen on validation accuracy among the checkpoints evaluated before the blow-up.
+    set chosen on val (the task's selection metric) among the checkpoints evaluated before the blow-up.
     """
 
     def __init__(self, iteration: int, reason: str, condensed: CondensedSet | None) -> None:
@@ -118,8 +118,11 @@ class _State:
 
 
 def params_digest(params: Any, task: DistillTask, name: str) -> str:
-    blob = json.dumps({"method": name, "params": dataclasses.asdict(params), "ipc": task.ipc, "seed": task.seed,
-                       "classes": task.num_classes}, sort_keys=True)
+    payload = {"method": name, "params": dataclasses.asdict(params), "ipc": task.ipc, "seed": task.seed,
+               "classes": task.num_classes}
+    if task.selection_metric != "accuracy":  # states saved before the metric existed chose by accuracy
+        payload["selection"] = task.selection_metric
+    blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -180,7 +183,7 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
     def score(images: torch.Tensor, labels: torch.Tensor, lr: float, iteration: int, seconds: float) -> float:
         scores = val_scores(task, images, labels, lr, params, zca, iteration, augment)
         task.checkpoint(iteration, seconds, scores)
-        return scores["accuracy"]
+        return task.selection_score(scores)
 
     # The learned step size α is learned as itself (the official parameterisation) or as log α, which
     # keeps it positive whatever the gradient (``lr_space``); the state holds the learned parameter.
@@ -210,7 +213,8 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
 
     def result(st: _State, status: str) -> CondensedSet:
         extras = zca.to_extras() if zca is not None else {}
-        info = {"chosen_iteration": st.best_iteration, "candidates": len(st.checkpoints), "val_accuracy": st.best_val,
+        info = {"chosen_iteration": st.best_iteration, "candidates": len(st.checkpoints),
+                "selection_metric": task.selection_metric, "val_score": st.best_val,
                 "learned_lr": st.best_lr, "iterations_run": st.iteration, "status": status,
                 "implementation": params.implementation, "expert_buffer": str(buffer.path),
                 "expert_test_accuracy": None if math.isnan(expert_acc) else expert_acc, "zca": zca is not None,
