@@ -11,8 +11,8 @@ from scipy import stats
 
 from medbench.analysis import (
     NEEDS_MORE,
-    bootstrap_r,
     correlate,
+    critical_r,
     fit_line,
     metric_values,
     paired_points,
@@ -48,7 +48,9 @@ def test_points_on_an_exact_line(tmp_path):
     assert c.pearson_r == pytest.approx(1.0) and c.spearman_rho == pytest.approx(1.0)
     assert c.line.slope == pytest.approx(0.5) and c.line.intercept == pytest.approx(0.3)
     assert c.line.r2 == pytest.approx(1.0)
-    assert c.r_ci == pytest.approx((1.0, 1.0))  # every resample lies on the same line
+    assert c.r_ci == pytest.approx((1.0, 1.0))  # Fisher z of r = 1
+    # gain = y − x = 0.3 − 0.5·x: it falls exactly as random's score rises
+    assert c.gain_r == pytest.approx(-1.0) and c.gain_rho == pytest.approx(-1.0)
 
 
 def test_pearson_and_spearman_match_hand_formulas(tmp_path):
@@ -68,22 +70,18 @@ def test_pearson_and_spearman_match_hand_formulas(tmp_path):
     assert c.spearman_rho == pytest.approx(rho) and rho == pytest.approx(0.7)
     assert c.line.slope == pytest.approx(slope) and c.line.intercept == pytest.approx(y.mean() - slope * x.mean())
     assert c.line.r2 == pytest.approx(r**2)
-    low, high = c.r_ci
-    assert -1 <= low < r < high <= 1
+    # Fisher z: tanh(atanh(r) ± 1.959964 / sqrt(n − 3))
+    z, half = math.atanh(r), 1.959964 / math.sqrt(len(x) - 3)
+    assert c.r_ci == pytest.approx((math.tanh(z - half), math.tanh(z + half)), abs=1e-5)
+    g = y - x  # the gain: random's score against it
+    gc = g - g.mean()
+    assert c.gain_r == pytest.approx((xc * gc).sum() / math.sqrt((xc**2).sum() * (gc**2).sum()))
 
 
-def test_bootstrap_is_seeded_and_drops_degenerate_resamples():
-    x = np.array([0.1, 0.4, 0.35, 0.8, 0.6])
-    y = np.array([0.2, 0.3, 0.5, 0.7, 0.5])
-    assert bootstrap_r(x, y, seed=3) == bootstrap_r(x, y, seed=3)
-    rng = np.random.default_rng(0)
-    xs = rng.uniform(0.3, 0.8, 12)
-    ys = xs + rng.normal(0, 0.1, 12)
-    assert bootstrap_r(xs, ys, n_boot=200, seed=3) != bootstrap_r(xs, ys, n_boot=200, seed=4)
-    # three points: the only non-degenerate resamples are the data itself, so no interval
-    assert all(np.isnan(bootstrap_r(x[:3], y[:3], n_boot=500)))
-    low, high = bootstrap_r(x[:4], y[:4], n_boot=500)
-    assert -1 <= low < high <= 1
+def test_what_few_datasets_can_support():
+    # |r| with p < 0.05 at n datasets: t(0.975, n − 2) / sqrt(n − 2 + t²)
+    assert critical_r(5) == pytest.approx(0.878, abs=1e-3) and critical_r(6) == pytest.approx(0.811, abs=1e-3)
+    assert math.isnan(critical_r(2))
 
 
 def test_prediction_interval_matches_hand_computation(tmp_path):
@@ -183,7 +181,7 @@ def test_correlate_cli_prints_the_table_and_rejects_bad_input(tmp_path, capsys):
     db = _store(tmp_path, [(0.4, 0.5), (0.5, 0.55), (0.6, 0.7)])
     assert main(["correlate", "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "Pearson r" in out and "Spearman ρ" in out and "gain (pp) ± SE" in out
+    assert "r (distilled, random)" in out and "r (random, gain)" in out and "gain (pp) ± SE" in out
     assert main(["correlate", "--db", str(db), "--predict", "0.5"]) == 2
     assert "--predict needs --method and --ipc" in capsys.readouterr().err
     assert main(["correlate", "--db", str(tmp_path / "none.sqlite")]) == 2

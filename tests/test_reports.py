@@ -24,30 +24,36 @@ def report_db(tmp_path):
                                        channels=3 if name == "beta" else 1, seed=i)
             recs.append(record("random", name, ipc, [base + bump - 0.01, base + bump + 0.01], classes=3,
                                condensed_path=path))
+            distilled = write_condensed_npz(tmp_path / "condensed" / f"{name}{ipc}dm.npz", classes=3, ipc=ipc,
+                                            channels=3 if name == "beta" else 1, seed=10 + i)
             recs.append(record("dm", name, ipc, [base + bump + 0.05, base + bump + 0.07], classes=3,
-                               condensed_path=path))
+                               condensed_path=distilled))
         recs.append(record("full", name, None, [0.9, 0.92], classes=3))
     recs.append(record("dc", "alpha", 1, [], status="failed"))
     return store_with(tmp_path / "results.sqlite", recs)
 
 
-def test_report_writes_three_files_with_tables_and_embedded_figures(report_db, tmp_path):
-    files = write_report(report_db, tmp_path / "out", n_boot=200)
+def test_report_writes_its_files_with_verdicts_tables_and_embedded_figures(report_db, tmp_path):
+    files = write_report(report_db, tmp_path / "out")
     md = files.leaderboard.read_text()
     page = files.html.read_text()
-    # Markdown: per dataset table with bold best, full row and ratio, correlation table, protocol stated
+    # The answer first: verdicts in words, then the ranking across datasets, then the tables.
+    assert md.index("### Verdicts") < md.index("### Average rank across datasets") < md.index("### alpha (28 px)")
+    assert "- alpha (28 px), IPC 1: no method beats its matched baseline" in md  # one seed: nothing testable
+    assert "IPC 1, average rank over 3 datasets (1 = best): dm 1.00, random 2.00 (a Friedman test needs" in md
+    # Markdown: per dataset table in the report metric (balanced accuracy = accuracy − 5 here) with accuracy beside
     assert md.count("### alpha (28 px), 1000 training images") == 1
-    assert "**46.0 ± 1.4 †**" in md  # dm at IPC 1 on alpha: best of its IPC group; † one seed only
-    assert "† one seed only: its ± is the spread over the evaluation networks" in md
-    assert re.search(r"\| full\s+\| 1000\s+\| 100 %\s+\| full\s+\| 91\.0 ± 1\.4", md)
-    assert "0.3 %" in md  # compression ratio 3 images / 1000
-    assert "Pearson r" in md and "needs at least" not in md
+    assert "balanced accuracy % [95 % CI]" in md and "**41.0 †**" in md  # dm at IPC 1 on alpha, one seed
+    assert "† one seed" in md
+    assert re.search(r"\| full\s+\| full\s+\| 86\.0 †\s+\| 91\.0", md)
+    assert "r (distilled, random)" in md and "needs at least" not in md
     assert md.count("convnet width 8 depth auto · 4 epochs (full 2) · lr 0.01 · aug none · 3 eval models") == 5
     assert "failed: dc · alpha · IPC 1 · seed 0: diverged" in md
-    # HTML: self-contained, tables and figures inline
-    assert "<table>" in page and "Pearson r" in page and "<b>46.0 ± 1.4 †</b>" in page
+    # HTML: self-contained, tables and figures inline, the protocol headed by name
+    assert "<table>" in page and "r (distilled, random)" in page and "<b>41.0 †</b>" in page
+    assert "<h2>unnamed (stored before named protocols) <code>protocol p1</code></h2>" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) >= 2 + 6  # accuracy vs IPC, scatter, and one mosaic per (dataset, IPC, method) shown
+    assert len(images) >= 3 + 6  # CD diagram, score vs IPC, scatter, and one mosaic per (dataset, IPC, method)
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
     assert "src=\"http" not in page and "<link" not in page
     assert '<th class="name">method</th>' in page and '<td class="name">dm</td>' in page  # names read as text
@@ -59,6 +65,7 @@ def test_report_writes_three_files_with_tables_and_embedded_figures(report_db, t
               & (csv.metric == "accuracy")]
     assert sorted(row.value) == pytest.approx([0.80, 0.82])  # 0.6 + 0.15 + 0.05 ± 0.01
     assert not re.search(r"\d\.\d{8,}", files.results.read_text())  # 7 significant digits, not float64 noise
+    assert pd.read_csv(files.predictions).empty  # these hand-made cells stored no per-image predictions
 
 
 def test_mixed_protocols_get_separate_sections(tmp_path, capsys):
@@ -71,9 +78,10 @@ def test_mixed_protocols_get_separate_sections(tmp_path, capsys):
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "leaderboard.md").read_text()
     assert "several evaluation protocols" in md
-    across, first, second = re.split("## Protocol `p[12]`", md)
+    first, second, across = re.split(r"## unnamed \(stored before named protocols\) \(protocol `p[12]`\)|"
+                                     r"## The same cells", md)[1:]
     # the one place both protocols meet: the table of what the protocol alone changes
-    assert "The same cells under different evaluation protocols" in across and "+20.0" in across
+    assert "under different evaluation protocols" in across and "+20.0" in across
     assert "50.0" in first and "60.0" in first and "70.0" not in first and "25.0" not in first
     assert "70.0" in second and "25.0" in second and "50.0" not in second
     assert "convnet width 64 depth 3 · 50 epochs (full 10) · lr 0.05 · aug dsa · 2 eval models" in second
@@ -139,15 +147,18 @@ def test_report_rejects_an_unknown_reference(report_db, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_leaderboard_says_what_a_majority_guess_scores(tmp_path):
-    cell = record("random", "skewed", 1, [0.60, 0.62])
+def test_leaderboard_says_what_guessing_scores_and_flags_rows_no_better_than_chance(tmp_path):
+    cell = record("random", "skewed", 1, [0.60, 0.62], balanced=[0.45, 0.55])
     cell.config["dataset"]["class_counts"] = {"train": [90, 10], "val": [9, 1], "test": [70, 30]}
     db = store_with(tmp_path / "r.sqlite", [cell, record("random", "old", 1, [0.5, 0.5])])
     files = write_report(db, tmp_path / "out")
     text = files.leaderboard.read_text()
-    assert "Always predicting the majority class scores 70.0 % accuracy on this test set (2 classes, " \
-           "balanced accuracy 50.0 %)." in text
+    assert "Always predicting the majority class scores 70.0 % accuracy and 50.0 % balanced accuracy" in text
     assert text.count("Always predicting") == 1  # cells stored without class counts get no such line
+    files = write_report(db, tmp_path / "acc", metric="accuracy")
+    text = files.leaderboard.read_text()
+    assert "a classifier without skill scores 70.0 % accuracy" in text
+    assert "61.0 †" in text  # below the 70 % a constant majority guess scores
 
 
 def test_two_configurations_of_a_method_are_not_pooled(tmp_path):
@@ -162,11 +173,11 @@ def test_two_configurations_of_a_method_are_not_pooled(tmp_path):
         record("dc", "alpha", 1, [0.60, 0.62], params={"iterations": 100}),
         record("dc", "alpha", 10, [0.80, 0.82], params={"iterations": 50}),  # differs only across IPCs
     ])
-    text = write_report(db, tmp_path / "out").leaderboard.read_text()
-    rows = {cells[4].strip(): cells[5].strip() for line in text.splitlines()
+    text = write_report(db, tmp_path / "out", metric="accuracy").leaderboard.read_text()
+    rows = {cells[2].strip(): cells[3].strip() for line in text.splitlines()
             if line.startswith("| 1 ") and len(cells := line.split("|")) > 8}
-    assert rows["mtt (iterations=100)"].startswith("41.0 ± 1.4")
-    assert rows["mtt (iterations=200)"].startswith("51.0 ± 1.4")
+    assert rows["mtt (iterations=100)"].strip("*").startswith("41.0 †")  # one seed: no test, all tie
+    assert rows["mtt (iterations=200)"].strip("*").startswith("51.0 †")
     assert "| mtt (iterations=100) " in text.split("| 10 ", 1)[1]
     assert rows["dc"].startswith("**61.0") and "dc (" not in text
 
@@ -199,4 +210,4 @@ def test_a_set_evaluated_under_two_protocols_is_drawn_once(tmp_path):
                    protocol={"name": "dc", "epochs": 300, "augment": "none"})]
     page = write_report(store_with(tmp_path / "r.sqlite", recs), tmp_path / "out").html.read_text()
     assert page.count("data:image/png;base64") - page.count('class="figure"') == 1  # one mosaic, not two
-    assert "the same images as under protocol p1" in page
+    assert "the same images as random under protocol p1" in page

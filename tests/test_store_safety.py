@@ -91,8 +91,8 @@ def test_a_method_whose_loss_goes_non_finite_fails_its_cell(tmp_path, method):
 
     summary = medbench.run(methods=[method], datasets=[str(_toy(tmp_path))], ipc=[1], seeds=[0],
                            db=tmp_path / "r.sqlite", device="cpu", width=4, epochs=1, eval_models=1,
-                           matched_baselines=False, method_args={method: {"lr_img": "inf", "iterations": 2, "eval_every": 1,
-                                                 "eval_epochs": 1}})
+                           matched_baselines=False,
+                           method_args={method: {"lr_img": "inf", "iterations": 2, "eval_every": 1, "eval_epochs": 1}})
     [row] = summary.itertuples()
     assert row.status == "failed" and f"{method} diverged at" in row.message and "non-finite" in row.message
 

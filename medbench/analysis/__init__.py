@@ -1,4 +1,5 @@
-"""Statistics over stored results: across-dataset correlation with random subsets, gains, predictions."""
+"""Statistics over stored results: seed-level gains, corrected verdicts, rankings across datasets,
+correlation with random subsets, predictions."""
 
 from medbench.analysis.correlation import (
     MIN_DATASETS,
@@ -6,9 +7,9 @@ from medbench.analysis.correlation import (
     Correlation,
     Line,
     Prediction,
-    bootstrap_r,
     correlate,
     correlation_frame,
+    critical_r,
     fit_line,
     gain_frame,
     paired_points,
@@ -17,7 +18,20 @@ from medbench.analysis.correlation import (
 from medbench.analysis.frames import describe_protocol, metric_values, model_scores, protocols
 
 __all__ = [
-    "MIN_DATASETS", "NEEDS_MORE", "Correlation", "Line", "Prediction", "bootstrap_r", "correlate",
-    "correlation_frame", "describe_protocol", "fit_line", "gain_frame", "metric_values", "model_scores",
-    "paired_points", "predict", "protocols",
+    "MIN_DATASETS",
+    "NEEDS_MORE",
+    "Correlation",
+    "Line",
+    "Prediction",
+    "correlate",
+    "correlation_frame",
+    "critical_r",
+    "describe_protocol",
+    "fit_line",
+    "gain_frame",
+    "metric_values",
+    "model_scores",
+    "paired_points",
+    "predict",
+    "protocols",
 ]

@@ -9,8 +9,10 @@
   trained with the same soft-label loss), a hard-label set with ``random``; paired over seeds like
   every gain in medbench.
 
-The full-data reference is the ``full`` method's cells under the same protocol, pooled over their
-seeds and networks; a dataset without them has no HLR.
+The full-data reference is the ``full`` method's cells under the same protocol: its mean over seeds,
+and HLR's 95 % interval is Welch's over the seeds of the full set and of the distilled set (it needs
+at least 2 seeds of each; 3 or more for an interval worth reading). A dataset without full cells
+has no HLR.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from scipy import stats
 
 from medbench.analysis.seeds import GROUP, paired
 from medbench.evaluation.protocol import HARD_LABELS
 
 SOFT_BASELINE = "random_soft"
 HARD_BASELINE = "random"
-COLUMNS = [*GROUP, "method", "soft", "hlr", "full", "ior", "ior_low", "ior_high", "ior_p", "ior_baseline"]
+COLUMNS = [*GROUP, "method", "soft", "hlr", "hlr_low", "hlr_high", "full", "full_seeds", "ior", "ior_low",
+           "ior_high", "ior_p", "ior_baseline"]
 
 
 def soft_methods(per_seed: pd.DataFrame) -> set[tuple]:
@@ -39,24 +43,31 @@ def scores(per_seed: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     hard_metric = HARD_LABELS + metric
     main = per_seed[per_seed.metric == metric]
     hard = per_seed[per_seed.metric == hard_metric]
-    full = main[main.method == "full"].groupby(GROUP[:3], dropna=False).value.mean()
+    full = {tuple(k): g.set_index("seed").value
+            for k, g in main[main.method == "full"].groupby(GROUP[:3], dropna=False)}
     rows = []
     for key, group in main[main.method != "full"].groupby(GROUP, dropna=False):
         by_method = {m: g.set_index("seed").value for m, g in group.groupby("method")}
-        reference = full.get(tuple(key[:3]), math.nan)
+        reference = full.get(tuple(key[:3]), pd.Series(dtype=float))
         for method, values in by_method.items():
             is_soft = (*key, method) in soft
             if is_soft:
                 mask = (hard.method == method)
                 for col, value in zip(GROUP, key, strict=True):
                     mask &= hard[col].isna() if pd.isna(value) else hard[col] == value
-                recovered = hard[mask].value.mean()
+                recovered_seeds = hard[mask].set_index("seed").value
             else:
-                recovered = values.mean()
+                recovered_seeds = values
+            recovered = recovered_seeds.mean()
+            low = high = math.nan
+            if len(reference) >= 2 and len(recovered_seeds) >= 2 and (reference.std() > 0 or recovered_seeds.std() > 0):
+                welch = stats.ttest_ind(reference.to_numpy(float), recovered_seeds.to_numpy(float), equal_var=False)
+                low, high = welch.confidence_interval(0.95)
             baseline = SOFT_BASELINE if is_soft else HARD_BASELINE
             ior = paired(values, by_method[baseline]) if baseline in by_method and method != baseline else None
             rows.append(dict(zip(GROUP, key, strict=True)) | {
-                "method": method, "soft": is_soft, "hlr": reference - recovered, "full": reference,
+                "method": method, "soft": is_soft, "hlr": reference.mean() - recovered, "hlr_low": low,
+                "hlr_high": high, "full": reference.mean(), "full_seeds": len(reference),
                 "ior": ior.diff if ior else math.nan, "ior_low": ior.low if ior else math.nan,
                 "ior_high": ior.high if ior else math.nan, "ior_p": ior.p if ior else math.nan,
                 "ior_baseline": baseline if ior else ""})

@@ -100,8 +100,17 @@ def _defaults(method: str) -> dict | None:
 
 
 def base_method(name: str) -> str:
-    """The registered method of a :func:`method_variants` name: ``mtt (iterations=100)`` -> ``mtt``."""
-    return name.split(" (", 1)[0]
+    """The registered method of a :func:`method_variants` name: ``mtt (iterations=100)`` -> ``mtt``
+    (of a merged row ``a = b``, the first's)."""
+    return name.split(" = ", 1)[0].split(" (", 1)[0]
+
+
+BASELINE_METHODS = ("random", "random_tiled", "random_soft")  # real subsets: the yardsticks, never "distilled"
+
+
+def is_baseline(name: str) -> bool:
+    """Whether a row is one of the random baselines (plain, val-chosen, tiled, soft-labelled)."""
+    return base_method(name) in BASELINE_METHODS
 
 
 def model_scores(store: Store, *, split: str = "test") -> pd.DataFrame:

@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from medbench import regression
 from medbench.errors import MedbenchError
+from medbench.evaluation.metrics import METRICS
 from medbench.harness.grid import DEFAULT_DB
 from medbench.storage.store import Store
 
@@ -24,8 +25,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.images_per_class < 1:
         raise MedbenchError("--images-per-class must be at least 1")
     reference = load_reference(args.reference) if args.reference else None
-    files = write_report(args.db, args.out, per_class=args.images_per_class, reference=reference)
-    print(f"wrote {files.leaderboard}\nwrote {files.results}\nwrote {files.html}")
+    files = write_report(args.db, args.out, per_class=args.images_per_class, reference=reference, metric=args.metric)
+    print(f"wrote {files.leaderboard}\nwrote {files.results}\nwrote {files.predictions}\nwrote {files.html}")
     return 0
 
 
@@ -44,8 +45,6 @@ def _accuracy(text: str) -> float:
 def cmd_correlate(args: argparse.Namespace) -> int:
     from medbench.analysis import correlate, correlation_frame, gain_frame, metric_values, paired_points, predict
 
-    if args.bootstrap < 1:
-        raise MedbenchError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     if args.predict is not None and (args.method is None or args.ipc is None):
         raise MedbenchError("--predict needs --method and --ipc")
     with _open(args.db) as store:
@@ -54,7 +53,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         points = points[points.protocol_id.str.startswith(args.protocol)]
     if points.empty:
         raise MedbenchError("no distilled cell has a random baseline under the same protocol, dataset and IPC")
-    results = correlate(points, n_boot=args.bootstrap)
+    results = correlate(points)
     if args.predict is not None:
         p = predict(results, method=args.method, ipc=args.ipc, random_accuracy=args.predict,
                     protocol_id=args.protocol)
@@ -62,7 +61,8 @@ def cmd_correlate(args: argparse.Namespace) -> int:
               f"random {100 * p.random_accuracy:.1f} % → predicted {100 * p.predicted:.1f} % "
               f"({100 * p.level:.0f} % prediction interval {100 * p.low:.1f} – {100 * p.high:.1f} %)")
         return 0
-    print(f"{args.metric} (test), distilled vs random across datasets:")
+    print(f"{args.metric} (test), distilled vs random across datasets (r: Fisher-z 95 % interval; the "
+          f"correlation of random's score with the gain is the one that says where distillation helps more):")
     print(tabulate(correlation_frame(results), headers="keys", tablefmt="github", showindex=False,
                    disable_numparse=True))
     print("\nper dataset:")
@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="folder to write into, e.g. reports/NAME")
     p.add_argument("--images-per-class", type=int, default=10, help="condensed images shown per class")
+    p.add_argument("--metric", default="balanced_accuracy", choices=list(METRICS),
+                   help="the report metric: bold, gains, intervals, tests, ranks and correlations use it; accuracy "
+                        "stays beside it (default: %(default)s)")
     p.add_argument("--reference", metavar="PRESET|FILE",
                    help="put a paper's numbers and settings beside ours: a preset that ships them "
                         "(covid19-mtt) or a *.reference.yaml file")
@@ -88,8 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", help="method to predict for")
     p.add_argument("--ipc", type=int, help="IPC to predict for")
     p.add_argument("--protocol", help="protocol_id (or its prefix) when several protocols are stored")
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "balanced_accuracy", "macro_f1", "auc"])
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CI of r")
+    p.add_argument("--metric", default="balanced_accuracy", choices=list(METRICS),
+                   help="test metric of the points (default: %(default)s)")
     p.set_defaults(func=cmd_correlate)
 
     regression.register(subparsers)

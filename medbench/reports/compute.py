@@ -2,7 +2,7 @@
 
 Cells run with ``--budget-seconds`` stop each iterative method at the first iteration that ends
 past that many seconds of distillation and keep the checkpoint validation chose so far; their test
-accuracy is "the accuracy the method reaches at that budget". The anytime figure draws it against
+score (in the report metric) is "what the method reaches at that budget". The anytime figure draws it against
 the seconds actually spent (one line per method through its budgets and its run without a budget,
 the band is ± the std across seeds); a method run only without a budget (one-shot selections) is
 available from the seconds its run took, random selection everywhere (it costs nothing). The table
@@ -18,17 +18,18 @@ import numpy as np
 import pandas as pd
 
 from medbench.analysis.frames import ipc_label
+from medbench.analysis.study import METRIC_NAMES
 from medbench.reports.tables import Table, method_order, pm
 
 BUDGET_SUFFIX = r" \([0-9.e+-]+ s\)$"  # what frames.method_variants appends to a budgeted cell's name
-COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "accuracy", "seconds",
+COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "score", "seconds",
            "seconds_bound", "expert_seconds"]
 
 
-def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
-    """Per seed: test accuracy (mean over its networks), the cell's budget (NaN: none) and its
-    distillation seconds, for datasets/IPCs where some cell ran with a budget."""
-    acc = values[values.metric == "accuracy"]
+def budget_frame(cells: pd.DataFrame, values: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Per seed: the test ``metric`` (mean over its networks, column ``score``), the cell's budget (NaN:
+    none) and its distillation seconds, for datasets/IPCs where some cell ran with a budget."""
+    acc = values[values.metric == metric]
     if acc.empty:
         return pd.DataFrame(columns=COLUMNS)
     configs = {cid: json.loads(c) for cid, c in zip(cells.cell_id, cells.config, strict=True)}
@@ -46,14 +47,14 @@ def budget_frame(cells: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
     # Trajectory methods' expert buffer: built once per dataset, outside any cell's seconds.
     per_cell["expert_seconds"] = [infos[c].get("expert_train_seconds", np.nan) for c in per_cell.cell_id]
     per_cell["method"] = per_cell.method.str.replace(BUDGET_SUFFIX, "", regex=True)  # other variants stay apart
-    per_cell = per_cell.rename(columns={"value": "accuracy"})
+    per_cell = per_cell.rename(columns={"value": "score"})
     keys = ["protocol_id", "dataset", "size", "ipc"]
     has_budget = per_cell.groupby(keys, dropna=False).budget.transform(lambda b: b.notna().any())
     return per_cell[has_budget & per_cell.ipc.notna()][COLUMNS].reset_index(drop=True)
 
 
-def equal_budget_table(frame: pd.DataFrame, protocol_id: str) -> Table | None:
-    """Rows: dataset, IPC, method; columns: each budget and the run without one (test accuracy,
+def equal_budget_table(frame: pd.DataFrame, protocol_id: str, metric: str = "accuracy") -> Table | None:
+    """Rows: dataset, IPC, method; columns: each budget and the run without one (the test ``metric``,
     mean ± std across seeds; the best of each dataset and budget in bold)."""
     sub = frame[frame.protocol_id == protocol_id]
     if sub.empty:
@@ -71,10 +72,11 @@ def equal_budget_table(frame: pd.DataFrame, protocol_id: str) -> Table | None:
                     best[b] = (mean, len(rows))
             rows.append(row)
         bold |= {(i, names[b]) for b, (_, i) in best.items()}
-    table = Table("Accuracy at equal distillation budget", ["dataset", "IPC", "method", *names.values()], rows,
-                  bold=bold)
+    name = METRIC_NAMES.get(metric, metric)
+    table = Table(f"{name[0].upper()}{name[1:]} at equal distillation budget",
+                  ["dataset", "IPC", "method", *names.values()], rows, bold=bold)
     table.notes.append(
-        "Test accuracy %, mean ± std across seeds, of the checkpoint each method's validation score chose within the "
+        f"Test {name} %, mean ± std across seeds, of the checkpoint each method's validation score chose within the "
         "budget (bold: the best of its dataset and budget); in brackets the mean seconds of distillation actually "
         "spent (checkpoint scoring excluded): a method stops at the first iteration that ends past the budget, so it "
         "can overrun it by up to one iteration; '≤': that run recorded no checkpoint seconds, so its whole "
@@ -103,5 +105,5 @@ def _at_budget(cells: pd.DataFrame, budget: float | None) -> tuple[str, float | 
     spent = f" ({bound}{seconds:.0f} s)" if seconds >= 0.5 else ""
     if budget is not None and one_shot and seconds > budget:
         return f"over budget{spent}", None
-    acc = pick.accuracy
+    acc = pick.score
     return pm(acc.mean(), acc.std(ddof=1) if len(acc) > 1 else np.nan) + spent, float(acc.mean())

@@ -14,10 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import scikit_posthocs as sp
 from matplotlib.lines import Line2D
 from PIL import Image
 
 from medbench.analysis.correlation import Correlation
+from medbench.analysis.ranking import Ranking
 from medbench.errors import DataError
 from medbench.reports.tables import method_order
 from medbench.storage.files import npz_arrays
@@ -57,10 +59,10 @@ def _grid(n: int, ncols: int = 3, w: float = 4.0, h: float = 3.1) -> tuple[plt.F
     return fig, flat[:n]
 
 
-def accuracy_vs_ipc(agg: pd.DataFrame, title: str) -> str | None:
-    """One panel per dataset: test accuracy vs IPC per method (error bars: std over eval models
-    and seeds); the full training set as a dashed line with its ±std band."""
-    acc = agg[agg.metric == "accuracy"]
+def score_vs_ipc(agg: pd.DataFrame, metric: str, title: str) -> str | None:
+    """One panel per dataset: the test ``metric`` vs IPC per method (error bars: std across seeds);
+    the full training set as a dashed line with its ±std band."""
+    acc = agg[agg.metric == metric]
     datasets = sorted({(d, s) for d, s in zip(acc.dataset, acc["size"], strict=True)}, key=str)
     if not datasets:
         return None
@@ -86,7 +88,7 @@ def accuracy_vs_ipc(agg: pd.DataFrame, title: str) -> str | None:
         ax.minorticks_off()
         ax.set_title(f"{dataset}" + ("" if pd.isna(size) else f" · {int(size)} px"), fontweight="bold")
         ax.set_xlabel("images per class (IPC)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {metric.replace('_', ' ')} (%)")
         ax.legend(fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10, y=1.0)
     fig.tight_layout()
@@ -94,7 +96,7 @@ def accuracy_vs_ipc(agg: pd.DataFrame, title: str) -> str | None:
 
 
 def correlation_scatter(results: list[Correlation], title: str) -> str | None:
-    """One panel per method: distilled vs random accuracy per dataset (colour = IPC), the fitted
+    """One panel per method: distilled vs random score per dataset (colour = IPC), the fitted
     line with its 95 % confidence band where there are ≥ 3 datasets, and the y = x diagonal."""
     if not results:
         return None
@@ -127,8 +129,8 @@ def correlation_scatter(results: list[Correlation], title: str) -> str | None:
             ax.set_ylim(lo, hi)
         ax.set_aspect("equal", adjustable="box")
         ax.set_title(method, fontweight="bold")
-        ax.set_xlabel("random subset accuracy (%)")
-        ax.set_ylabel(f"{method} accuracy (%)")
+        ax.set_xlabel("random subset (%)")
+        ax.set_ylabel(f"{method} (%)")
         ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.suptitle(title, fontsize=10, y=1.0)
     fig.tight_layout()
@@ -201,7 +203,7 @@ def anytime(frame: pd.DataFrame, title: str) -> str | None:
         for method in method_order(list(sub.method.unique())):
             cells = sub[sub.method == method]
             if cells.budget.isna().all():  # run only without a budget: its accuracy from the seconds it took on
-                mean, seconds = 100 * cells.accuracy.mean(), cells.seconds.mean()
+                mean, seconds = 100 * cells.score.mean(), cells.seconds.mean()
                 if seconds < 0.5:  # random: available at no cost
                     ax.axhline(mean, color=palette[method], ls="--", lw=1, label=method)
                 else:
@@ -210,7 +212,7 @@ def anytime(frame: pd.DataFrame, title: str) -> str | None:
                 continue
             # One point per budget (and the run without one), at the seconds actually spent.
             stats = (cells.assign(budget=cells.budget.fillna(np.inf)).groupby("budget")
-                     .agg(seconds=("seconds", "mean"), mean=("accuracy", "mean"), std=("accuracy", "std"))
+                     .agg(seconds=("seconds", "mean"), mean=("score", "mean"), std=("score", "std"))
                      .sort_values("seconds"))
             x, m, sd = stats.seconds.to_numpy(), 100 * stats["mean"].to_numpy(), 100 * stats["std"].fillna(0).to_numpy()
             ax.plot(x, m, marker="o", ms=3, color=palette[method], label=method)
@@ -221,7 +223,7 @@ def anytime(frame: pd.DataFrame, title: str) -> str | None:
         ax.set_xscale("log")
         ax.set_title(f"{Path(dataset).stem} · IPC {ipc}")
         ax.set_xlabel("distillation seconds")
-        ax.set_ylabel("test accuracy %")
+        ax.set_ylabel("test score %")
     # One legend for all panels, beside them, with what the markers mean.
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     handles["run without a budget"] = Line2D([], [], marker="o", ms=6, mfc="white", color="0.3", ls="none")
@@ -237,4 +239,25 @@ def anytime(frame: pd.DataFrame, title: str) -> str | None:
                    bbox_to_anchor=(1.0, 0.5))
     fig.subplots_adjust(hspace=0.45, wspace=0.28)
     fig.suptitle(textwrap.fill(title, 160), fontsize=9)
+    return to_base64(fig)
+
+
+def cd_diagram(rankings: list[Ranking], title: str) -> str | None:
+    """One critical-difference diagram per IPC (scikit-posthocs): methods at their average rank across
+    datasets, joined by a bar where the Wilcoxon–Holm tests do not separate them."""
+    drawn = [r for r in rankings if len(r.ranks) >= 2]
+    if not drawn:
+        return None
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(8.5, 1.2 + 0.32 * max(len(r.ranks) for r in drawn)),
+                             squeeze=False)
+    for ax, ranking in zip(axes[:, 0], drawn, strict=True):
+        methods = list(ranking.ranks.index)
+        significance = (ranking.posthoc.loc[methods, methods] if ranking.posthoc is not None
+                        else pd.DataFrame(1.0, index=methods, columns=methods))
+        sp.critical_difference_diagram(ranking.ranks, significance, ax=ax, label_props={"fontsize": 8})
+        ax.set_title(f"IPC {ranking.ipc} · {len(ranking.datasets)} datasets"
+                     + (f" · Friedman p = {ranking.friedman_p:.2g}" if np.isfinite(ranking.friedman_p) else ""),
+                     fontsize=9)
+    fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    fig.tight_layout()
     return to_base64(fig)

@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from medbench.analysis import ddranking
-from medbench.analysis.frames import ipc_label, method_variants
+from medbench.analysis.frames import ipc_label, is_baseline
+from medbench.analysis.multiplicity import ALPHA
 from medbench.analysis.seeds import across_seeds, seed_means
+from medbench.analysis.study import METRIC_NAMES, Study, test_counts
+from medbench.analysis.testset import chance_level
+from medbench.analysis.verdicts import PLAIN
 from medbench.storage.store import Store
 
 ACC = "accuracy %"
-BAL = "balanced acc %"
 
 
 def method_order(methods: list[str]) -> list[str]:
-    """random first (the yardstick), then the distillation methods, full (upper bound) last."""
-    rest = sorted(m for m in set(methods) if m not in ("random", "full"))
-    return [m for m in ("random",) if m in methods] + rest + [m for m in ("full",) if m in methods]
+    """random first (the yardstick), then its matched variants and the other random baselines, then
+    the distillation methods, full (upper bound) last."""
+    unique = set(methods)
+    baselines = sorted(m for m in unique if is_baseline(m) and m != "random")
+    rest = sorted(m for m in unique if not is_baseline(m) and m != "full")
+    return [m for m in ("random",) if m in unique] + baselines + rest + [m for m in ("full",) if m in unique]
 
 
 @dataclass
@@ -45,9 +51,9 @@ class Table:
                 for i, r in enumerate(self.rows)]
         return tabulate(rows, headers=self.columns, tablefmt="github", disable_numparse=True)
 
-    def html(self) -> str:
-        # The method column reads as text (left-aligned); numbers align right.
-        attr = {c: ' class="name"' if c == "method" else "" for c in self.columns}
+    def html(self, wrap: set[str] | frozenset[str] = frozenset()) -> str:
+        # The method column reads as text (left-aligned); numbers align right; ``wrap`` columns of words wrap.
+        attr = {c: ' class="name"' if c == "method" else ' class="wrap"' if c in wrap else "" for c in self.columns}
         head = "".join(f"<th{attr[c]}>{html.escape(c)}</th>" for c in self.columns)
         body = []
         for i, r in enumerate(self.rows):
@@ -78,14 +84,12 @@ def aggregate(values: pd.DataFrame) -> pd.DataFrame:
     return out.merge(extra, on=keys)
 
 
-def selections(store: Store) -> dict[tuple, str]:
-    """(protocol_id, dataset, size, method, IPC) -> which checkpoint val chose, per seed, and among how
-    many candidates: "100, 0 (init), 100 of 3". Random with candidates > 1 shows the chosen subset."""
-    cells = store.cells()
-    cells = cells[cells.status == "done"].copy()
+def selections(cells: pd.DataFrame) -> dict[tuple, str]:
+    """(protocol_id, dataset, size, row, IPC) -> which checkpoint val chose, per seed, and among how
+    many candidates: "100, 0 (init), 100 of 3". Random with candidates > 1 shows the chosen subset.
+    ``cells``: done cells with their rows' display names (:class:`medbench.analysis.study.Study`)."""
     if cells.empty:
         return {}
-    cells["method"] = cells.cell_id.map(method_variants(cells))
     out = {}
     for key, group in cells.groupby(["protocol_id", "dataset", "size", "method", "ipc"], dropna=False):
         chosen, counts = [], set()
@@ -100,150 +104,136 @@ def selections(store: Store) -> dict[tuple, str]:
         if chosen:
             of = "/".join(str(c) for c in sorted(c for c in counts if c)) or "?"
             noun = "subsets" if "random" in str(key[3]) else "checkpoints"
-            out[key] = f"{', '.join(chosen)} of {of} {noun}"
-    return out
-
-
-@dataclass
-class Comparisons:
-    """Seed-level comparisons (every protocol; looked up per protocol): gains over random, ranks,
-    checkpoint choices."""
-
-    gains: pd.DataFrame  # medbench.analysis.seeds.gains
-    ranks: pd.DataFrame  # medbench.analysis.seeds.ranks
-    chosen: dict[tuple, str]
-    dd: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ddranking.COLUMNS))  # HLR, IOR
-
-    def lookup(self, frame: pd.DataFrame, protocol_id: str, dataset: str, size: object, method: str,
-               ipc: int) -> pd.Series | None:
-        hit = frame[(frame.protocol_id == protocol_id) & (frame.dataset == dataset) & (frame.method == method)
-                    & (frame.ipc == ipc)
-                    & ((frame["size"] == size) if not pd.isna(size) else frame["size"].isna())]
-        return None if hit.empty else hit.iloc[0]
-
-
-def dataset_facts(store: Store) -> dict[tuple[str, object], dict]:
-    """(dataset, size) -> the dataset facts stored with its cells, merged over cells (older cells
-    lack facts that later versions store, such as class counts)."""
-    out: dict[tuple[str, object], dict] = {}
-    for _, c in store.cells().iterrows():
-        key = (c.dataset, None if pd.isna(c["size"]) else int(c["size"]))
-        out.setdefault(key, {}).update(json.loads(c.config).get("dataset") or {})
+            size = None if pd.isna(key[2]) else int(key[2])
+            out[(key[0], key[1], size, key[3], None if pd.isna(key[4]) else int(key[4]))] = (
+                f"{', '.join(chosen)} of {of} {noun}")
     return out
 
 
 def n_train(facts: dict[tuple[str, object], dict]) -> dict[tuple[str, object], int]:
-    """(dataset, size) -> training images, from :func:`dataset_facts`."""
+    """(dataset, size) -> training images, from the dataset facts."""
     return {key: int(f["n_train"]) for key, f in facts.items() if "n_train" in f}
 
 
-def majority_notes(facts: dict[tuple[str, object], dict]) -> dict[tuple[str, object], str]:
-    """(dataset, size) -> what a constant guess of the test split's majority class scores, so an
-    accuracy below it is seen for what it is (cells stored before class counts were kept: none)."""
-    out = {}
-    for key, f in facts.items():
-        counts = (f.get("class_counts") or {}).get("test")
-        if counts and sum(counts):
-            share = max(counts) / sum(counts)
-            out[key] = (f"Always predicting the majority class scores {100 * share:.1f} % accuracy on this test "
-                        f"set ({len(counts)} classes, balanced accuracy {100 / len(counts):.1f} %).")
-    return out
+def chance_note(facts: dict, metric: str) -> str:
+    """What guessing scores on this test split: the majority-class rate and the chance level of the
+    report metric, so a number at or below them is seen for what it is."""
+    counts = test_counts(facts)
+    if not counts or not sum(counts):
+        return ""
+    share = max(counts) / sum(counts)
+    return (f"Test split: {sum(counts)} images, classes {counts}. Always predicting the majority class scores "
+            f"{100 * share:.1f} % accuracy and {100 / len(counts):.1f} % balanced accuracy; a classifier "
+            f"without skill scores {100 * chance_level(metric, counts):.1f} % {METRIC_NAMES[metric]} "
+            "(the chance level the ⚠ flag compares with).")
 
 
-GAIN = "gain vs random (pp) [95 % CI]"
-HLR = "HLR (pp)"
-IOR = "IOR (pp) [95 % CI]"
+MATCHED = "vs matched baseline (pp) [95 % CI]"
+RANDOM = "vs random (pp) [95 % CI]"
+HLR = "HLR (pp) [95 % CI]"
 SOFT_MARK = " ‡"
-SOFT_NOTE = ("‡ soft labels: its gain compares a soft-label set with hard-label random; IOR compares it with "
-             "random_soft (random's subset with the same teacher's soft labels, same soft-label evaluation).")
-HLR_NOTE = ("HLR (hard-label recovery, lower is better): full-data accuracy minus the set's accuracy with hard labels "
-            "(a soft-label set's images trained with each image's class). IOR (improvement over random): paired "
-            "per-seed difference from random, or from random_soft for a soft-label set (DD-Ranking's scores).")
+SOFT_NOTE = ("‡ soft labels: the gain over plain random compares a soft-label set with hard-label random; its "
+             "matched baseline is random_soft (random's subset with the same teacher's soft labels, evaluated "
+             "the same way).")
+HLR_NOTE = ("HLR (hard-label recovery, DD-Ranking; lower is better): the full training set's score minus the set's "
+            "score with hard labels (a soft-label set's images trained with each image's class), with a Welch "
+            "95 % interval over the seeds of both.")
+CHANCE_MARK = " ⚠"
 
 
-def _dd_text(d: pd.Series | None) -> tuple[str, str]:
-    """(HLR, IOR [CI]) of one row of :func:`ddranking.scores`; empty where undefined."""
-    if d is None:
-        return "", ""
-    hlr = f"{100 * d['hlr']:.1f}" if np.isfinite(d["hlr"]) else ""
-    if not np.isfinite(d["ior"]):
-        return hlr, ""
-    ci = f" [{100 * d['ior_low']:+.1f}, {100 * d['ior_high']:+.1f}]" if np.isfinite(d["ior_low"]) else " (1 seed)"
-    return hlr, f"{100 * d['ior']:+.1f}{ci}" + (" *" if np.isfinite(d["ior_p"]) and d["ior_p"] < 0.05 else "")
+def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
+    if not np.isfinite(mean):
+        return ""
+    fmt = "+.1f" if signed else ".1f"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{100 * mean:{fmt}}"
+    return f"{100 * mean:{fmt}} [{100 * low:{fmt}}, {100 * high:{fmt}}]"
 
 
-def _gain_text(g: pd.Series | None) -> tuple[str, str]:
-    """(gain [CI], p) of a paired comparison with random; '*' marks p < 0.05."""
-    if g is None or not np.isfinite(g["gain"]):
-        return "", ""
-    if not np.isfinite(g["low"]):
-        return f"{100 * g['gain']:+.1f} (1 seed)", ""
-    p = f"{g['p']:.2g}" + (" *" if g["significant"] else "")
-    return f"{100 * g['gain']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]", p
+def _p(value: float) -> str:
+    return "" if not np.isfinite(value) else (f"{value:.2g}" if value >= 1e-4 else "<1e-4")
 
 
-def _spread(row: pd.Series) -> str:
-    """mean ± std, with † where the std is over the networks of a single seed."""
-    return pm(row["mean"], row["std"]) + (" †" if row.get("spread") == "networks" else "")
+def _gain(row: pd.Series, prefix: str, adjusted: str) -> str:
+    """A gain with its interval; '*' where significant after its family's correction; 'zero spread'
+    where every seed's difference is the same (never starred)."""
+    gain = row.get(f"{prefix}_gain", math.nan)
+    if not np.isfinite(gain):
+        return ""
+    if bool(row.get(f"{prefix}_zero_spread", False)):
+        return f"{100 * gain:+.1f} (zero spread)"
+    text = _ci(gain, row[f"{prefix}_low"], row[f"{prefix}_high"], signed=True)
+    p = row.get(adjusted, math.nan)
+    return text + (" *" if np.isfinite(p) and p < ALPHA else "")
 
 
-def dataset_table(agg: pd.DataFrame, protocol_id: str, dataset: str, size: object,
-                  train_images: int | None, comparisons: Comparisons | None = None) -> Table:
-    """Rows grouped by IPC (random, methods), then the full-data row; best per IPC group in bold.
-    Spreads are across seeds; gains are paired per seed with random (t-interval, paired t-test)."""
-    sub = agg[(agg.protocol_id == protocol_id) & (agg.dataset == dataset)
-              & ((agg["size"] == size) if not pd.isna(size) else agg["size"].isna())]
-    acc = sub[sub.metric == "accuracy"].set_index(["method", "ipc"])
-    bal = sub[sub.metric == "balanced_accuracy"].set_index(["method", "ipc"])
-    empty = pd.DataFrame(columns=["protocol_id", "dataset", "size", "method", "ipc"])
-    comparisons = comparisons or Comparisons(empty, empty, {})
-    columns = ["IPC", "images", "ratio", "method", ACC, BAL, GAIN, "p", HLR, IOR, "rank", "beats", "chosen (val)",
+def dataset_table(study: Study, protocol_id: str, dataset: str, size: object, chosen: dict[tuple, str],
+                  dd: pd.DataFrame | None = None) -> Table:
+    """One dataset under one protocol: IPC groups of rows (baselines first, then methods), the
+    full-data row last; in the study's report metric with accuracy beside it."""
+    size_key = None if pd.isna(size) else int(size)
+    verdicts = sorted(((k, v) for k, v in study.tables.items() if k[:3] == (protocol_id, dataset, size_key)),
+                      key=lambda kv: kv[0][3])
+    accuracy = study.per_seed[study.per_seed.metric == "accuracy"]
+    metric_col = f"{METRIC_NAMES[study.metric]} % [95 % CI]"
+    columns = ["IPC", "method", metric_col, ACC, MATCHED, "p (Holm)", RANDOM, "rank", "beats", "chosen (val)",
                "seeds × networks"]
+    has_full = any((v.rows.role == "full").any() for _, v in verdicts)
+    if has_full and dd is not None and not dd.empty:
+        columns.append(HLR)
     rows: list[dict[str, str]] = []
     bold: set[tuple[int, str]] = set()
-    ipcs = sorted({int(i) for i in acc.index.get_level_values("ipc").dropna()})
-    for ipc in ipcs:
-        group = [m for m in method_order(list(acc.index.get_level_values("method")))
-                 if (m, ipc) in acc.index and m != "full"]
-        start = len(rows)
-        for m in group:
-            a = acc.loc[(m, ipc)]
-            b = bal.loc[(m, ipc)] if (m, ipc) in bal.index else None
-            gain, p = _gain_text(comparisons.lookup(comparisons.gains, protocol_id, dataset, size, m, ipc))
-            dd = comparisons.lookup(comparisons.dd, protocol_id, dataset, size, m, ipc)
-            hlr, ior = _dd_text(dd)
-            soft = dd is not None and bool(dd["soft"])
-            if soft and gain:
-                gain += SOFT_MARK
-            rank = comparisons.lookup(comparisons.ranks, protocol_id, dataset, size, m, ipc)
-            size_key = None if pd.isna(size) else int(size)
-            rows.append({"IPC": str(ipc), "images": f"{a['images']:.0f}",
-                         "ratio": f"{100 * a['ratio']:.3g} %" if np.isfinite(a["ratio"]) else "—", "method": m,
-                         ACC: _spread(a),
-                         BAL: _spread(b) if b is not None else "—", GAIN: gain, "p": p, HLR: hlr, IOR: ior,
-                         "rank": "" if rank is None else str(int(rank["rank"])),
-                         "beats": "" if rank is None else rank["beats"],
-                         "chosen (val)": comparisons.chosen.get((protocol_id, dataset, size_key, m, ipc), ""),
-                         "seeds × networks": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
-        if len(group) > 1:
-            for column, frame in ((ACC, acc), (BAL, bal)):
-                means = [frame.loc[(m, ipc), "mean"] if (m, ipc) in frame.index else -np.inf for m in group]
-                best = max(means)
-                bold.update((start + j, column) for j, v in enumerate(means) if v == best and np.isfinite(v))
-    full_keys = [k for k in acc.index if k[0] == "full"]
-    for key in full_keys:
-        a = acc.loc[key]
-        b = bal.loc[key] if key in bal.index else None
-        rows.append({"IPC": "full", "images": f"{train_images or a['images']:.0f}", "ratio": "100 %",
-                     "method": "full", ACC: _spread(a), BAL: _spread(b) if b is not None else "—",
-                     "seeds × networks": f"{int(a['seeds'])} × {int(a['count'] // max(a['seeds'], 1))}"})
-    title = f"{dataset}" + ("" if pd.isna(size) else f" ({int(size)} px)")
-    if train_images:
-        title += f", {train_images} training images"
+    full_row: dict[str, str] | None = None
+    for key, verdict in verdicts:
+        frame = verdict.rows.set_index("method")
+        for method in method_order(list(frame.index)):
+            r = frame.loc[method]
+            acc = accuracy[(accuracy.protocol_id == protocol_id) & (accuracy.dataset == dataset)
+                           & (accuracy.method == method)
+                           & ((accuracy.ipc.isna()) if method == "full" else (accuracy.ipc == key[3]))
+                           & ((accuracy["size"].isna()) if size_key is None else (accuracy["size"] == size_key))]
+            networks = int(acc.networks.max()) if len(acc) else 0
+            seeds = int(r["n"])
+            row = {"IPC": "full" if method == "full" else str(key[3]), "method": method,
+                   metric_col: _ci(r["mean"], r["low"], r["high"]) + (" †" if seeds < 2 else "")
+                   + ("" if r["above_chance"] else CHANCE_MARK),
+                   ACC: pm(acc.value.mean(), acc.value.std(ddof=1) if len(acc) > 1 else math.nan),
+                   "seeds × networks": f"{seeds} × {networks}" if seeds else ""}
+            if method == "full":
+                full_row = row
+                continue
+            soft = dd is not None and _dd(dd, key, method) is not None and bool(_dd(dd, key, method)["soft"])
+            row.update({MATCHED: _gain(r, "primary", "primary_p_holm") if r["role"] == "method" else
+                        ("baseline" if r["role"] == "baseline" else ""),
+                        "p (Holm)": _p(r.get("primary_p_holm", math.nan)) if r["role"] == "method" else "",
+                        RANDOM: ("= matched" if r.get("baseline") == PLAIN else
+                                 _gain(r, "random", "random_p_bh") + (SOFT_MARK if soft else "")),
+                        "rank": "" if not np.isfinite(r["rank"]) else str(int(r["rank"])),
+                        "beats": r["beats"] or "",
+                        "chosen (val)": chosen.get((protocol_id, dataset, size_key, method, key[3]), "")})
+            if HLR in columns:
+                row[HLR] = _hlr(_dd(dd, key, method))
+            if bool(r["tied_best"]):
+                bold.add((len(rows), metric_col))
+            rows.append(row)
+    if full_row is not None:
+        rows.append(full_row)
+    title = f"{dataset}" + ("" if size_key is None else f" ({size_key} px)")
     table = Table(title, columns, rows, bold)
-    if any(row.get(GAIN, "").endswith(SOFT_MARK) for row in rows):
+    if any(r.get(RANDOM, "").endswith(SOFT_MARK) for r in rows):
         table.notes.append(SOFT_NOTE)
     return table
+
+
+def _dd(dd: pd.DataFrame, key: tuple, method: str) -> pd.Series | None:
+    hit = dd[(dd.protocol_id == key[0]) & (dd.dataset == key[1]) & (dd.ipc == key[3]) & (dd.method == method)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _hlr(d: pd.Series | None) -> str:
+    if d is None or not np.isfinite(d["hlr"]):
+        return ""
+    return _ci(d["hlr"], d["hlr_low"], d["hlr_high"])
 
 
 def failed_notes(store: Store, protocol_id: str) -> list[str]:
@@ -260,11 +250,16 @@ def frame_table(frame: pd.DataFrame, title: str, drop: tuple[str, ...] = ("proto
                  [{str(k): str(v) for k, v in row.items()} for row in frame.to_dict("records")])
 
 
-def protocol_comparison(agg: pd.DataFrame, names: dict[str, str]) -> Table | None:
+def _spread(row: pd.Series) -> str:
+    """mean ± std, with † where the std is over the networks of a single seed."""
+    return pm(row["mean"], row["std"]) + (" †" if row.get("spread") == "networks" else "")
+
+
+def protocol_comparison(agg: pd.DataFrame, names: dict[str, str], metric: str = "accuracy") -> Table | None:
     """The same (dataset, size, method, IPC) cells evaluated under several protocols, side by side:
-    what the evaluation protocol alone changes. ``names``: protocol_id -> a short name. None when no
-    cell key was evaluated under more than one protocol."""
-    acc = agg[agg.metric == "accuracy"].copy()
+    what the evaluation protocol alone changes, in ``metric``. ``names``: protocol_id -> a short name.
+    None when no cell key was evaluated under more than one protocol."""
+    acc = agg[agg.metric == metric].copy()
     acc["size"] = acc["size"].astype(object).where(acc["size"].notna(), None)
     acc["ipc"] = acc.ipc.map(ipc_label)
     keys = ["dataset", "size", "method", "ipc"]
@@ -288,7 +283,8 @@ def protocol_comparison(agg: pd.DataFrame, names: dict[str, str]) -> Table | Non
                 row[difference] = f"{100 * (sub.loc[pids[1], 'mean'] - sub.loc[pids[0], 'mean']):+.1f}"
             rows.append(row)
     table = Table("The same cells under different evaluation protocols", columns, rows)
-    table.notes.append("Test accuracy, mean ± std across seeds; each column is one protocol (its settings are in its "
+    table.notes.append(f"Test {METRIC_NAMES[metric]}, mean ± std across seeds; each column is one protocol (its "
+                       "settings are in its "
                        "section). Distillation does not depend on the protocol, so each row's sets are the same; "
                        "only how the evaluation networks are trained on them differs.")
     return table
