@@ -96,21 +96,22 @@ def _soft(rec, hard: list[float]):
     return dataclasses.replace(rec, models=models)
 
 
-def test_leaderboard_shows_hlr_ior_and_marks_soft_label_gains(tmp_path):
+def test_leaderboard_shows_hlr_and_compares_soft_labels_with_random_soft(tmp_path):
     recs = [record("full", "alpha", None, [0.90, 0.90])]
     for seed, bump in enumerate((0.0, 0.02, 0.04)):
         recs += [record("random", "alpha", 10, [0.50 + bump] * 2, seed=seed),
                  record("dm", "alpha", 10, [0.60 + bump] * 2, seed=seed),
                  _soft(record("random_soft", "alpha", 10, [0.70 + bump] * 2, seed=seed), [0.50 + bump] * 2),
                  _soft(record("datm", "alpha", 10, [0.75 + 1.5 * bump] * 2, seed=seed), [0.55 + bump] * 2)]
-    text = write_report(store_with(tmp_path / "r.sqlite", recs), tmp_path / "out").leaderboard.read_text()
+    text = write_report(store_with(tmp_path / "r.sqlite", recs), tmp_path / "out",
+                        metric="accuracy").leaderboard.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| IPC"))
     cols = [c.strip() for c in header.strip("|").split("|")]
-    rows = {c[3]: c for line in text.splitlines() if line.startswith("| 10 ")
+    rows = {c[1]: c for line in text.splitlines() if line.startswith("| 10 ")
             for c in [[x.strip() for x in line.strip("|").split("|")]]}
-    hlr, ior, gain = cols.index("HLR (pp)"), cols.index("IOR (pp) [95 % CI]"), cols.index(
-        "gain vs random (pp) [95 % CI]")
-    assert rows["dm"][hlr] == "28.0" and rows["dm"][ior].startswith("+10.0")
-    assert rows["datm"][hlr] == "33.0" and rows["datm"][ior].startswith("+6.0")  # vs random_soft, not random
-    assert rows["datm"][gain].endswith("‡") and not rows["dm"][gain].endswith("‡")
-    assert "‡ soft labels" in text
+    hlr, matched, gain = (cols.index("HLR (pp) [95 % CI]"), cols.index("vs matched baseline (pp) [95 % CI]"),
+                          cols.index("vs random (pp) [95 % CI]"))
+    assert rows["dm"][hlr] == "28.0" and rows["dm"][matched].startswith("+10.0")  # one full seed: no interval
+    assert rows["datm"][hlr] == "33.0" and rows["datm"][matched].startswith("+6.0")  # vs random_soft, not random
+    assert rows["datm"][gain].endswith("‡") and rows["dm"][gain] == "= matched"
+    assert "‡ soft labels" in text and "datm → random_soft" in text

@@ -76,4 +76,4 @@ def test_equal_budget_table_and_anytime_figure(tmp_path):
     png = base64.b64decode(anytime(frame, "t"))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     text = write_report(db, tmp_path / "out").leaderboard.read_text()
-    assert "### Accuracy at equal distillation budget" in text and "| dm (10 s) " in text
+    assert "### Balanced accuracy at equal distillation budget" in text and "| dm (10 s) " in text

@@ -46,7 +46,7 @@ def test_report_writes_its_files_with_verdicts_tables_and_embedded_figures(repor
     assert "balanced accuracy % [95 % CI]" in md and "**41.0 †**" in md  # dm at IPC 1 on alpha, one seed
     assert "† one seed" in md
     assert re.search(r"\| full\s+\| full\s+\| 86\.0 †\s+\| 91\.0", md)
-    assert "r (distilled, random)" in md and "needs at least" not in md
+    assert "r (distilled, random)" in md and "needs at least 3 datasets" not in md
     assert md.count("convnet width 8 depth auto · 4 epochs (full 2) · lr 0.01 · aug none · 3 eval models") == 5
     assert "failed: dc · alpha · IPC 1 · seed 0: diverged" in md
     # HTML: self-contained, tables and figures inline, the protocol headed by name

@@ -12,7 +12,8 @@ from _records import record, store_with
 from scipy import stats
 
 from medbench.analysis.frames import metric_values
-from medbench.analysis.seeds import across_seeds, gains, paired, ranks, seed_means
+from medbench.analysis.seeds import across_seeds, gains, paired, seed_means
+from medbench.analysis.verdicts import analyse_table
 from medbench.reports.build import build_sections
 from medbench.storage.store import Store
 
@@ -60,9 +61,12 @@ def test_gains_ranks_and_ties(tmp_path):
     g = gains(per_seed).set_index("method")
     assert g.loc["dm", "significant"] and g.loc["dm", "gain"] == pytest.approx(0.2025)
     assert not g.loc["dc", "significant"]  # differences +0.02, −0.05, +0.03, +0.01
-    r = ranks(per_seed).set_index("method")
-    assert r.loc["dm", "rank"] == 1 and r.loc["dm", "beats"] == "dc, random"
+    values = {m: grp.set_index("seed").value for m, grp in per_seed[per_seed.metric == "accuracy"].groupby("method")}
+    verdict = analyse_table(("p1", "a", 28, 10), values, {}, {}, {"random"}, metric="accuracy")
+    r = verdict.rows.set_index("method")
+    assert r.loc["dm", "rank"] == 1 and r.loc["dm", "beats"] == "dc, random"  # Benjamini–Hochberg over 3 pairs
     assert r.loc["dc", "rank"] == 2 and r.loc["random", "rank"] == 2  # tied: not significantly different
+    assert verdict.winners() == ["dm"] and r.loc["dm", "tied_best"] and not r.loc["dc", "tied_best"]
 
 
 def test_leaderboard_shows_seed_spread_paired_gain_and_chosen_checkpoints(tmp_path):
@@ -71,16 +75,18 @@ def test_leaderboard_shows_seed_spread_paired_gain_and_chosen_checkpoints(tmp_pa
         recs.append(record("random", "a", 10, [r, r + 0.02], seed=seed))
         rec = record("dm", "a", 10, [d, d + 0.02], seed=seed)
         rec.config["condensed_info"] = {"chosen_iteration": 0 if seed == 1 else 200, "candidates": 3}
+        rec.config["selection_metric"] = "balanced_accuracy"
         recs.append(rec)
     with Store(store_with(tmp_path / "b.sqlite", recs)) as store:
-        [section] = build_sections(store, n_boot=10)
+        [section] = build_sections(store, metric="accuracy")
     [table] = section.datasets
     rows = {row["method"]: row for row in table.rows}
     d = np.array([0.20, 0.21, 0.19])
-    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)  # no stored predictions: seeds only
     interval = f"[{100 * (0.2 - half):+.1f}, {100 * (0.2 + half):+.1f}]"
-    assert rows["dm"]["gain vs random (pp) [95 % CI]"] == f"+20.0 {interval}"
-    assert rows["dm"]["p"].endswith("*") and rows["dm"]["rank"] == "1" and rows["random"]["rank"] == "2"
+    assert rows["dm"]["vs matched baseline (pp) [95 % CI]"] == f"+20.0 {interval} *"  # one test: Holm = raw p
+    assert float(rows["dm"]["p (Holm)"]) == pytest.approx(stats.ttest_1samp(d, 0).pvalue, rel=1e-2)
+    assert rows["dm"]["rank"] == "1" and rows["random"]["rank"] == "2"
     assert rows["dm"]["beats"] == "random" and rows["random"]["beats"] == ""
     assert rows["dm"]["chosen (val)"] == "200, 0 (init), 200 of 3 checkpoints"
     assert rows["random"]["seeds × networks"] == "3 × 2"

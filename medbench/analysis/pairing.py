@@ -35,8 +35,18 @@ def _key(row: pd.Series) -> tuple:
             None if pd.isna(row.ipc) else int(row.ipc))
 
 
+@functools.cache
+def _defaults(method: str) -> dict:
+    try:
+        return as_dict(get_method(method).make_params())
+    except MedbenchError:
+        return {}
+
+
 def _canonical(method: str, params: dict) -> str:
-    return json.dumps({**old_behaviour(method), **params}, sort_keys=True, default=str)
+    """Stored parameters as comparable text: a field added after a cell was stored reads as its old
+    behaviour, any other missing field as its default."""
+    return json.dumps({**_defaults(method), **old_behaviour(method), **params}, sort_keys=True, default=str)
 
 
 @functools.cache
