@@ -1,5 +1,5 @@
 """Plain supervised training and batched prediction, shared by the protocol and by methods
-that pick checkpoints on validation accuracy."""
+that pick checkpoints on val."""
 
 from __future__ import annotations
 
@@ -122,8 +122,8 @@ def candidate_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                      augment: Augment | None = None,
                      prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """Val accuracy and balanced accuracy of ``model`` trained on a candidate set (checkpoint
-    selection in the methods); 0 when its training diverged, so a set its network cannot train on
-    is never the one kept."""
+    selection in the methods, by the task's selection metric); 0 when its training diverged, so a
+    set its network cannot train on is never the one kept."""
     try:
         train_network(model, images, labels, epochs=epochs, lr=lr, generator=generator, augment=augment)
     except TrainingDiverged:
@@ -134,11 +134,3 @@ def candidate_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     recalls = [float(right[truth == c].mean()) for c in truth.unique()]
     return {"accuracy": float(right.mean()), "balanced_accuracy": sum(recalls) / len(recalls)}
 
-
-def candidate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
-                       val_labels: torch.Tensor, *, epochs: int, lr: float, generator: torch.Generator,
-                       augment: Augment | None = None,
-                       prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """:func:`candidate_scores`' val accuracy, the criterion every method chooses its checkpoint by."""
-    return candidate_scores(model, images, labels, val_images, val_labels, epochs=epochs, lr=lr,
-                            generator=generator, augment=augment, prepare=prepare)["accuracy"]

@@ -159,6 +159,8 @@ def _rankings(study: Study) -> None:
             rows = verdict.rows[verdict.rows.role != "full"]
             label = key[1] + ("" if key[2] is None else f" ({key[2]} px)")
             frame[label] = rows.set_index("method")["mean"]
+        if len(frame) < 2:  # one dataset: nothing to rank across
+            continue
         values = pd.DataFrame(frame).T
         study.rankings.append(rank_methods(values, protocol_id=pid, ipc=ipc, metric=study.metric))
 

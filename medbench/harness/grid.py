@@ -223,7 +223,7 @@ def _with_tuning(cells: list[Cell], db: Path) -> list[Cell]:
     from medbench.tuning.records import TuningRecords, cell_key
 
     records = TuningRecords(db, readonly=True) if db.is_file() and db.stat().st_size else None
-    out, missing = [], {}
+    out, missing, mismatched = [], {}, {}
     for cell in cells:
         model = cell.protocol.model_spec()
         key = cell_key(cell.method, cell.dataset, cell.size, cell.ipc, [model.name, model.options])
@@ -232,6 +232,8 @@ def _with_tuning(cells: list[Cell], db: Path) -> list[Cell]:
             missing.setdefault((cell.method, Path(cell.dataset).name, cell.ipc), None)
             out.append(cell)
             continue
+        if chosen.get("objective") != cell.selection:
+            mismatched.setdefault((cell.method, Path(cell.dataset).name, cell.ipc, chosen.get("objective")), None)
         params = as_dict(get_method(cell.method).make_params({**cell.params, **chosen["config"]}))
         out.append(replace(cell, params=params, tuning={k: chosen[k] for k in
                                                         ("tuning_id", "config", "objective", "value", "rescored",
@@ -239,4 +241,7 @@ def _with_tuning(cells: list[Cell], db: Path) -> list[Cell]:
     for method, dataset, ipc in missing:
         print(f"medbench: no tuned configuration for {method} · {dataset} · ipc {ipc} in {db}; "
               f"using its parameters as given", file=sys.stderr)
+    for method, dataset, ipc, objective in mismatched:
+        print(f"medbench: the tuned configuration for {method} · {dataset} · ipc {ipc} was searched by val "
+              f"{objective}; this run selects by {cells[0].selection}", file=sys.stderr)
     return out

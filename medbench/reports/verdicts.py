@@ -5,6 +5,7 @@ to be read right (what its seeds can detect, which baseline each method met, wha
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from medbench.analysis.verdicts import TableVerdict
 from medbench.errors import MedbenchError
 from medbench.hparams import as_dict
 from medbench.method import get_method
-from medbench.reports.tables import Table, method_order
+from medbench.reports.tables import Table
 
 
 def _label(key: tuple) -> str:
@@ -74,7 +75,8 @@ def ranking_table(rankings: list[Ranking]) -> Table | None:
     """Average ranks per IPC (a column each) with the Friedman p under the table."""
     if not rankings:
         return None
-    methods = method_order(sorted({m for r in rankings for m in r.ranks.index}))
+    first = rankings[0].ranks
+    methods = sorted({m for r in rankings for m in r.ranks.index}, key=lambda m: (first.get(m, math.inf), m))
     columns = ["method", *[f"IPC {r.ipc}" for r in rankings]]
     rows = [{"method": m, **{f"IPC {r.ipc}": f"{r.ranks[m]:.2f}" if m in r.ranks.index else "—"
                              for r in rankings}} for m in methods]
