@@ -231,13 +231,14 @@ def test_a_grid_gets_its_matched_baselines_before_the_cells_that_need_them(toy_n
 
 def test_identical_sets_are_shown_and_ranked_once(tmp_path):
     recs = []
-    for seed in range(3):
-        recs.append(record("random", "a", 1, [0.5 + 0.01 * seed] * 2, seed=seed))
-        for method in ("herding", "kcenter"):
-            rec = record(method, "a", 1, [0.6 + 0.01 * seed] * 2, seed=seed)
-            rec.config["condensed_sha256"] = f"same-set-{seed}"
-            recs.append(rec)
+    for dataset in ("a", "b"):
+        for seed in range(3):
+            recs.append(record("random", dataset, 1, [0.5 + 0.01 * seed] * 2, seed=seed))
+            for method in ("herding", "kcenter"):
+                rec = record(method, dataset, 1, [0.6 + 0.01 * seed] * 2, seed=seed)
+                rec.config["condensed_sha256"] = f"same-set-{dataset}-{seed}"
+                recs.append(rec)
     text = write_report(store_with(tmp_path / "i.sqlite", recs), tmp_path / "out").leaderboard.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| 1 ")]
-    assert sum("herding = kcenter" in r for r in rows) == 1 and not any("| kcenter " in r for r in rows)
-    assert "herding = kcenter 1.00" in text  # ranked once
+    assert sum("herding = kcenter" in r for r in rows) == 2 and not any("| kcenter " in r for r in rows)
+    assert "herding = kcenter 1.00, random 2.00" in text  # ranked once across the two datasets

@@ -141,8 +141,15 @@ def table_notes(study: Study, verdicts: list[TableVerdict], cells: pd.DataFrame)
                      f"the same difference on every seed (identical sets), never tested. Vs random, rank and beats: "
                      f"the secondary family (every pair of rows, {SECONDARY}); '= matched' where the matched "
                      "baseline is plain random.")
-        notes += [n for n in (baselines_note(v) for v in verdicts) if n]
-        notes += [power_note(verdicts[0])]
+        notes += list(dict.fromkeys(n for n in (baselines_note(v) for v in verdicts) if n))
+        notes += list(dict.fromkeys(power_note(v) for v in verdicts))
+        if any((v.rows.n < 2).any() for v in verdicts):
+            notes.append("† one seed: no spread over seeds to test against; its interval (where shown) is over test "
+                         "images only. Run more seeds (--seeds 0,1,2,3,4) before reading a verdict.")
+        full = [v.rows[v.rows.role == "full"] for v in verdicts]
+        if any(len(f) and int(f.n.iloc[0]) < 3 for f in full):
+            notes.append("The full-data row has fewer than 3 seeds: HLR's interval needs at least 3 (run full with "
+                         "--seeds 0,1,2).")
     settings = settings_notes(cells)
     if settings:
         notes.append("Settings changed from each method's default (value [default]): " + "; ".join(settings) + ".")
