@@ -124,6 +124,10 @@ def main() -> None:
     frame = per_seed(HERE / "results.csv")
     print("### The results table (current_methods README), primary family\n")
     print(markdown(table_claims(frame)))
+    print("\n### IDM against DM (the README's published-ordering claims), over the table's 36 pairs\n")
+    columns = ["random", "herding", "kcenter", "dc", "dm", "idm", "mtt", "random_soft", "datm"]
+    print(markdown(pair_claims(frame, [("idm", "dm", d, ipc, "not tested") for d in NAMES for ipc in (1, 10)],
+                               columns)))
     for budget, claims in ((10, [("idm (10 s)", "dm (10 s)", "covid19_radiography_3class", 10, "0.03"),
                                  ("datm (10 s)", "mtt (10 s)", "retinamnist", 10, "0.01")]),
                            (30, [("datm (30 s)", "mtt (30 s)", "breastmnist", 10, "0.03"),
