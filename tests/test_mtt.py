@@ -136,6 +136,19 @@ def test_end_to_end_records_choice_and_learned_lr(task, experts_root):
     assert torch.equal(again.images, out.images) and again.lr == out.lr
 
 
+@pytest.mark.parametrize("metric, chosen", [("balanced_accuracy", 4), ("accuracy", 0)])
+def test_checkpoints_are_chosen_by_the_selection_metric(task, experts_root, monkeypatch, metric, chosen):
+    import dataclasses
+
+    import medbench.methods.trajectory.distill as loop
+
+    scores = iter([(0.9, 0.5), (0.6, 0.55), (0.7, 0.8)])  # iterations 0, 2, 4: majority first, balanced last
+    monkeypatch.setattr(loop, "val_scores", lambda *a, **k: dict(zip(("accuracy", "balanced_accuracy"),
+                                                                      next(scores), strict=True)))
+    out = run(dataclasses.replace(task, selection_metric=metric), experts_root)
+    assert out.info["chosen_iteration"] == chosen and out.info["selection_metric"] == metric
+
+
 def test_implementations_agree_end_to_end(task, experts_root):
     a = run(task, experts_root, implementation="tesla", eval_every=100)
     b = run(task, experts_root, implementation="unrolled", eval_every=100)
