@@ -109,7 +109,8 @@ BASELINE_METHODS = ("random", "random_tiled", "random_soft")  # real subsets: th
 
 
 def is_baseline(name: str) -> bool:
-    """Whether a row is one of the random baselines (plain, val-chosen, tiled, soft-labelled)."""
+    """Whether a row is one of the random baselines (plain, val-chosen, tiled, soft-labelled): a
+    yardstick, never counted as a distillation method."""
     return base_method(name) in BASELINE_METHODS
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medbench.analysis.frames import POOLED, method_variants
+from medbench.analysis.frames import POOLED, is_baseline, method_variants
 from medbench.analysis.pairing import identical_rows, matched_baselines
 from medbench.analysis.ranking import Ranking, rank_methods
 from medbench.analysis.seeds import seed_means
 from medbench.analysis.testset import BOOTSTRAP_METRICS, N_BOOT, cell_bootstrap, chance_level, resample_weights
-from medbench.analysis.verdicts import FULL, PLAIN, TableVerdict, analyse_table
+from medbench.analysis.verdicts import FULL, TableVerdict, analyse_table
 from medbench.errors import MedbenchError
 from medbench.evaluation.metrics import METRICS
 from medbench.storage.store import Store
@@ -145,7 +145,7 @@ def _verdicts(study: Study, boot: dict[str, np.ndarray]) -> None:
             if cid in boot and c.method in values:
                 cell_boot.setdefault(c.method, {})[int(c.seed)] = boot[cid]
         baseline_of = {m: study.baselines[(*key, m)] for m in values if (*key, m) in study.baselines}
-        roles = {PLAIN, *baseline_of.values()} & set(values)
+        roles = {m for m in values if is_baseline(m)} | (set(baseline_of.values()) & set(values))
         counts = test_counts(study.facts.get((key[1], key[2]), {}))
         chance = chance_level(study.metric, counts) if counts else math.nan
         study.tables[key] = analyse_table(key, values, cell_boot, baseline_of, roles, metric=study.metric,

@@ -147,7 +147,9 @@ def analyse_table(key: tuple, values: dict[str, pd.Series], boot: dict[str, dict
     for m in values:
         e = estimate(values[m], boot.get(m), level)
         role = "full" if m == FULL else "baseline" if m in baselines else "method"
-        above = bool(np.isfinite(e.low) and np.isfinite(chance) and e.low > chance) if np.isfinite(chance) else True
+        # above chance by its interval; with no interval (one seed, no predictions) by its mean
+        bound = e.low if np.isfinite(e.low) else e.mean
+        above = bool(bound > chance) if np.isfinite(chance) else True
         rows[m] = {"method": m, "role": role, "n": e.n, "mean": e.mean, "sd": e.sd, "low": e.low, "high": e.high,
                    "test_var": e.test_var, "above_chance": above, "baseline": "", "rank": math.nan, "beats": "",
                    "tied_best": False, "primary_significant": False}
