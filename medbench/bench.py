@@ -46,6 +46,7 @@ from medbench.errors import MedbenchError
 from medbench.evaluation.batched import COMPILE_MODES, EvalOptions, choose_batching
 from medbench.evaluation.protocol import model_seeds, train_models
 from medbench.models import ModelSpec
+from medbench.storage.files import check_writable
 
 DEFAULT_OUT = Path("reports/bench")
 EIGHT = ("pathmnist", "dermamnist", "octmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist",
@@ -758,6 +759,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.reproject:
         reproject(args.reproject)
         return 0
+    check_writable(args.out, folder=True, what="--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(_text(v))}")

@@ -21,7 +21,7 @@ from medbench.harness.grid import DEFAULT_DB, GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.launch import interrupted
 from medbench.method import SELECTION_METRICS, get_method, list_methods
-from medbench.storage.files import read_yaml
+from medbench.storage.files import check_writable, read_yaml
 
 EXIT_USAGE = 2
 DEFAULTS = Protocol()
@@ -325,8 +325,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medbench.summary import format_summary
 
     spec = grid_spec_from_args(args)
-    if args.report is not None and args.report.exists() and not args.report.is_dir():
-        raise MedbenchError(f"--report {args.report}: exists and is not a folder")
+    if args.report is not None:
+        check_writable(args.report, folder=True, what="--report")
     summary = run_grid(spec, progress=not args.no_progress)
     print(format_summary(summary, args.format))
     if args.report is not None:
@@ -355,6 +355,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
         latest = int(values["buffer_epochs"]) - expert_epochs + 1
         values["max_start_epoch"] = max(1, min(defaults.max_start_epoch, latest))
     params = method.make_params(values)
+    check_writable(resolve_root(params.experts_root), folder=True, what="the experts folder")
     protocol = hparams.build(Protocol, {"model": args.model, "width": args.width, "depth": args.depth,
                                         "norm": args.norm}, context="model")
     device = resolve_device(args.device)
@@ -380,6 +381,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from medbench.storage.store import Store
 
+    check_writable(args.db, folder=False, what="--db")
     with Store(args.db) as store:
         for source in args.sources:
             print(f"{source}: {store.merge(source)} new cell(s) added to {args.db}")

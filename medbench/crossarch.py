@@ -33,6 +33,7 @@ from medbench.harness.runner import model_rows
 from medbench.models import MODELS
 from medbench.sharing.stored import StoredCell, load_cell_splits, open_store, stored_cell
 from medbench.storage.condensed_io import load_condensed
+from medbench.storage.files import check_writable
 from medbench.storage.provenance import environment
 from medbench.storage.store import CellRecord, Store
 from medbench.summary import summarize
@@ -208,6 +209,7 @@ def _list(text: str) -> tuple[str, ...]:
 
 
 def cmd_crossarch(args: argparse.Namespace) -> int:
+    check_writable(args.db, folder=False, what="--db")
     run_crossarch(args.db, args.archs, cells=args.cells, methods=args.methods or (), data_root=args.data_root,
                   device=args.device, retry_failed=args.retry_failed, log=None if args.quiet else sys.stderr)
     with Store(args.db) as store:

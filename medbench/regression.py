@@ -39,6 +39,7 @@ from tabulate import tabulate
 from medbench.analysis.frames import metric_values
 from medbench.errors import MedbenchError
 from medbench.harness.grid import DEFAULT_DB
+from medbench.storage.files import check_writable
 from medbench.storage.store import Store
 
 CELL_KEY = ("method", "dataset", "size", "ipc", "seed", "protocol_id")
@@ -184,6 +185,7 @@ def _open_db(path: Path) -> Store:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
+    check_writable(args.out, folder=False, what="--out")
     with _open_db(args.db) as store:
         document = make_baseline(store)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from medbench.harness.grid import Cell, GridSpec, added_baselines, expand
 from medbench.launch import check as check_signals
 from medbench.method import CondensedSet, DistillTask, get_method
 from medbench.storage.condensed_io import save_condensed
+from medbench.storage.files import check_writable
 from medbench.storage.provenance import environment
 from medbench.storage.store import CellRecord, ModelRow, Store
 from medbench.summary import summarize
@@ -314,6 +315,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     cells = expand(spec)
     device = resolve_device(spec.device)
     db = Path(spec.db)
+    check_writable(db, folder=False, what="--db")
     spec = dataclasses.replace(spec, db=db)
     skip = {"done"} if spec.retry_failed else {"done", "failed"}
     if _has_content(db):  # read-only: a foreign file is refused here, and nothing is created yet

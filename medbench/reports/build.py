@@ -40,6 +40,7 @@ from medbench.reports.tables import (
 from medbench.reports.tuned import tuned_table
 from medbench.reports.verdicts import headline, ranking_table, summary_lines, table_notes
 from medbench.storage.condensed_io import locate_condensed
+from medbench.storage.files import check_writable
 from medbench.storage.store import TRUTH, Store
 
 MAX_GRIDS = 80  # image mosaics per report; beyond this the page gets too heavy to read
@@ -259,6 +260,7 @@ def write_report(db: Path | str, out: Path | str, *, per_class: int = 10, metric
     db, out = Path(db), Path(out)
     if not db.is_file():
         raise MedbenchError(f"{db}: no results database here (run `medbench run` first or pass --db)")
+    check_writable(out, folder=True, what="report folder")
     with Store(db, readonly=True) as store:
         if store.cells().empty:
             raise MedbenchError(f"{db}: the database holds no results yet")

@@ -10,6 +10,7 @@ from typing import Any
 from medbench.data.catalog import DEFAULT_DATA_ROOT
 from medbench.errors import MedbenchError
 from medbench.harness.grid import DEFAULT_DB
+from medbench.storage.files import check_writable
 
 EXIT_TAMPERED = 1
 
@@ -17,6 +18,7 @@ EXIT_TAMPERED = 1
 def cmd_export(args: argparse.Namespace) -> int:
     from medbench.sharing.export import export_cell
 
+    check_writable(args.out, folder=True, what="--out")
     out = export_cell(args.db, args.cell, args.out, force=args.force)
     print(f"exported cell {args.cell} to {out}")
     return 0
@@ -41,6 +43,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from medbench.sharing.audit import AuditSettings, audit_cell
 
+    check_writable(args.out, folder=True, what="--out")
     settings = AuditSettings(mia=not args.no_mia, bootstrap=args.bootstrap, ssim_shortlist=args.ssim_shortlist)
     report = audit_cell(args.db, args.cell, args.out, data_root=args.data_root, settings=settings,
                         device=args.device)

@@ -1,10 +1,11 @@
-"""File helpers every writer shares: atomic writes and content hashes."""
+"""File helpers every writer shares: the output check, atomic writes and content hashes."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -14,6 +15,37 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from medbench.errors import DataError, MedbenchError
+
+
+def check_writable(path: Path | str, *, folder: bool, what: str) -> None:
+    """Refuse, with one line, an output location that cannot be written, before anything is created:
+    a path under a regular file, an existing file where a folder goes (or the reverse), a read-only
+    file system or folder, a special file system (``/proc``) where nothing can be created. Every
+    command that writes calls it on its outputs first; it creates nothing that stays (a probe file
+    in the nearest existing folder is removed at once)."""
+    path = Path(path).expanduser()
+    try:
+        absolute = path.absolute()
+        if absolute.exists():
+            if folder and not absolute.is_dir():
+                raise MedbenchError(f"{what} {path}: exists and is not a folder")
+            if not folder and absolute.is_dir():
+                raise MedbenchError(f"{what} {path}: is a folder, not a file")
+            target = absolute if folder else absolute.parent
+        else:
+            target = next(p for p in absolute.parents if p.exists())
+            if not target.is_dir():
+                raise MedbenchError(f"{what} {path}: {target} is a file, not a folder")
+    except OSError as exc:  # a name too long, a loop of links
+        raise MedbenchError(f"{what} {path}: not a usable location ({exc.strerror})") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise MedbenchError(f"{what} {path}: {target} is not writable (read-only file system or no permission)")
+    try:  # special file systems say "writable" where nothing can be created
+        handle, probe = tempfile.mkstemp(prefix=".medbench-probe-", dir=target)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MedbenchError(f"{what} {path}: cannot write in {target} ({exc.strerror})") from None
 
 
 @contextlib.contextmanager

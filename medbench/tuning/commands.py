@@ -13,7 +13,7 @@ from tabulate import tabulate
 from medbench.errors import MedbenchError
 from medbench.harness.grid import expand
 from medbench.method import get_method
-from medbench.storage.files import read_yaml
+from medbench.storage.files import check_writable, read_yaml
 from medbench.tuning.space import SearchSpace, check_space, parse_spaces
 from medbench.tuning.trial import TrialContext
 
@@ -67,6 +67,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             "pip install 'medbench[ray]'") from None
     spec = grid_spec_from_args(args)
     spec = dataclasses.replace(spec, tuned=False, matched_baselines=False)
+    check_writable(spec.db, folder=False, what="--db")
     overrides = _spaces(args.space)
     stray = sorted(set(overrides) - set(spec.methods))
     if stray:
