@@ -166,6 +166,9 @@ class Method(Generic[P]):
     # The matched baseline of a selecting method, a function of its params: (method, params), e.g.
     # ("random", {"candidates": 11, ...}); None where there is none.
     matched: Callable[[P], tuple[str, dict[str, Any]] | None] | None = None
+    # A check of the method's own inputs against a dataset, run before anything is written:
+    # ``preflight(params, splits, ipc)`` raises MedbenchError (a share package's checksum, shape, IPC).
+    preflight: Callable[[P, Splits, int | None], None] | None = None
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> P:
         return hparams.build(self.params, values, context=f"method {self.name}")
@@ -185,17 +188,20 @@ METHODS: Registry[Method] = Registry("method", entry_point_group="medbench.metho
 def register_method(name: str, *, params: type = NoParams, uses_ipc: bool = True,
                     prepare: Callable | None = None, search_space: Mapping[str, Any] | None = None,
                     selects: bool | Callable[[Any], bool] = True,
-                    matched: Callable[[Any], tuple[str, dict[str, Any]] | None] | None = None) -> Callable:
+                    matched: Callable[[Any], tuple[str, dict[str, Any]] | None] | None = None,
+                    preflight: Callable[[Any, Splits, int | None], None] | None = None) -> Callable:
     """Register ``fn(task, params) -> CondensedSet`` under ``name``; its docstring's first line
     is the description ``medbench methods`` shows. ``search_space``: the fields ``medbench tune``
     searches, ``{field: Dim(low, high, scale)}`` (checked when tuning starts). ``selects``: whether
     the method chooses among candidates on val (``task.selection_metric``; default True, so an
     undeclared plug-in is never pooled across selection metrics); ``matched``: params -> its matched
-    baseline ``(method, params)`` (see the module doc)."""
+    baseline ``(method, params)`` (see the module doc); ``preflight(params, splits, ipc)``: a check of
+    the method's own inputs that ``run`` makes before it writes anything."""
 
     def wrap(_name: str, fn: Callable) -> Method:
         description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        return Method(name, fn, params, description, uses_ipc, prepare, dict(search_space or {}), selects, matched)
+        return Method(name, fn, params, description, uses_ipc, prepare, dict(search_space or {}), selects, matched,
+                      preflight)
 
     return METHODS.decorator(name, wrap)
 

@@ -177,7 +177,21 @@ def load_baseline(path: Path) -> dict[str, Any]:
         missing = [k for k in (*CELL_KEY, "accuracy_mean", "n_models") if k not in cell]
         if missing:
             raise MedbenchError(f"{path}: a baseline cell lacks {', '.join(missing)}")
+        for key, kinds, optional in VALUE_TYPES:
+            value = cell.get(key)
+            if (value is None and optional) or (isinstance(value, kinds) and not isinstance(value, bool)):
+                continue
+            raise MedbenchError(f"{path}: a baseline cell's {key} is {value!r}, not "
+                                f"{' or '.join(k.__name__ for k in kinds)}{' or null' if optional else ''}")
     return document
+
+
+# A baseline cell's values and their types (key, accepted types, may be null).
+VALUE_TYPES = (("method", (str,), False), ("dataset", (str,), False), ("protocol_id", (str,), False),
+               ("seed", (int,), False), ("size", (int,), True), ("ipc", (int,), True),
+               ("accuracy_mean", (int, float), False), ("accuracy_std", (int, float), True),
+               ("n_models", (int,), False), ("distill_seconds", (int, float), True),
+               ("seconds_per_iteration", (int, float), True))
 
 
 def _open_db(path: Path) -> Store:

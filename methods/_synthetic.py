@@ -215,8 +215,8 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
             if not bool(finite.all() & torch.isfinite(images).all()):
                 # Never keep an earlier checkpoint (or the real initialisation) as a finished result.
                 bad = (~finite).nonzero()
-                where = f"iteration {done - len(window) + int(bad[0]) + 1}" if len(bad) else f"by iteration {done}"
-                raise CellFailed(f"{name} diverged at {where} (non-finite matching loss or images; "
+                where = f"at iteration {done - len(window) + int(bad[0]) + 1}" if len(bad) else f"by iteration {done}"
+                raise CellFailed(f"{name} diverged {where} (non-finite matching loss or images; "
                                  f"lr_img {params.lr_img:g})")
             acc = evaluate(images, done, seconds)
             state.history.append((done, acc))

@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from medbench.data.splits import Splits
 from medbench.errors import MedbenchError
 from medbench.method import CondensedSet, DistillTask, register_method
-from medbench.sharing.package import is_package, package_condensed
+from medbench.sharing.package import check_package, is_package, package_condensed
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,13 @@ class PackageParams:
         object.__setattr__(self, "path", os.path.abspath(Path(self.path).expanduser()))
 
 
-@register_method("package", params=PackageParams, selects=False)
+def preflight(params: PackageParams, splits: Splits, ipc: int | None) -> None:
+    """The package verifies (every checksum, the pinned sha256) and fits the dataset and IPC: checked
+    before ``run`` creates its database."""
+    check_package(Path(params.path), params.sha256, splits.channels, splits.size, splits.num_classes, ipc or 0)
+
+
+@register_method("package", params=PackageParams, selects=False, preflight=preflight)
 def package(task: DistillTask, params: PackageParams) -> CondensedSet:
     """A shared package (medbench export) as the training set, evaluated on your own val/test."""
     return package_condensed(Path(params.path), task, params.sha256)

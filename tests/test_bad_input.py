@@ -109,6 +109,46 @@ def _pkg_missing_manifest(path: Path) -> Path:
     return path
 
 
+def _package(change: str = "") -> Callable[[Path], Path]:
+    """A share package exported from the one-cell database (``tampered``: one byte of its npz changed)."""
+
+    def make(path: Path) -> Path:
+        from medbench.sharing.export import export_cell
+
+        condensed = write_condensed_npz(path.parent / f"{path.name}_condensed" / "c.npz", classes=3, ipc=2)
+        rec = record("random", "toy", 2, [0.5, 0.6], condensed_path=condensed, classes=3, size=12)
+        rec.config["dataset"].update(channels=1, size=12, mean=[0.5], std=[0.25])
+        db = store_with(path.parent / f"{path.name}_source.sqlite", [rec])
+        with sqlite3.connect(db) as conn:
+            cell = conn.execute("SELECT cell_id FROM cells").fetchone()[0]
+        conn.close()
+        export_cell(db, cell, path)
+        if change == "tampered":
+            npz = path / "condensed.npz"
+            data = bytearray(npz.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            npz.write_bytes(bytes(data))
+        return path
+
+    return make
+
+
+def _images_folder(counts: dict[str, int]) -> Callable[[Path], Path]:
+    """Class folders of small PNGs (``counts``: images per class)."""
+
+    def make(path: Path) -> Path:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for name, n in counts.items():
+            (path / name).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(path / name / f"{k}.png")
+        return path
+
+    return make
+
+
 def _labels(values: list[int]) -> Callable[[dict], np.ndarray]:
     return lambda a: np.resize(np.asarray(values, dtype=np.int64), a["train_labels"].shape)
 
@@ -136,6 +176,14 @@ FIXTURES: dict[str, Callable[[Path], Path]] = {
     "empty_folder": _folder({}),
     "no_images_folder": _folder({"A/notes.txt": b"x", "B/readme.md": b"y"}),
     "pkg_missing_manifest": _pkg_missing_manifest,
+    "pkg": _package(),
+    "pkg_tampered": _package("tampered"),
+    "rgb.npz": lambda path: write_npz(path, make_arrays(channels=3)),
+    "four_class.npz": lambda path: write_npz(path, make_arrays(classes=4)),
+    "one_class_folder": _images_folder({"A": 12}),
+    "small_class_folder": _images_folder({"A": 20, "B": 20, "C": 3}),
+    "baseline_typed.json": _json({"cells": [{"method": "random", "dataset": "toy", "size": 28, "ipc": 2, "seed": 0,
+                                             "protocol_id": "p1", "accuracy_mean": "high", "n_models": 2}]}),
     "bad.yaml": _text("a: [1\n"),
     "list.yaml": _text("- 1\n- 2\n"),
     "baseline_list.json": _json([1, 2]),
@@ -170,6 +218,8 @@ for _body_name, _body in {
     "g_batching": "eval_batching: 3\n", "g_db_under_file": "db: g_db_under_file.yaml/r.sqlite\n",
     "g_method_args_bad": "methods: {dc: {lr_img: -1}}\n", "g_method_unknown": "methods: [herding2]\n",
     "g_budget_word": "budget_seconds: [ten]\n", "g_budget_zero": "budget_seconds: [0]\n",
+    "g_dataset_size_word": "datasets: [{name: bloodmnist, size: abc}]\n", "g_duplicate_key": "ipc: [1]\nipc: [2]\n",
+    "g_duplicate_method": "methods: {dm: {}, dm: {iterations: 2}}\n",
 }.items():
     FIXTURES[f"{_body_name}.yaml"] = _text("- random\n") if _body is None else _grid(_body)
 
@@ -223,10 +273,10 @@ CASES: list[tuple[list[str], str]] = [
     ([*RUN_TOY, "--preset", "nope"], "unknown preset 'nope'"),
     ([*RUN_TOY, "--preset", "covid19-mtt", "{g_ipc_zero.yaml}"], "grid file or --preset, not both"),
     ([*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "{file}/r.sqlite"], "is a file, not a folder"),
-    ([*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "/proc/medbench/r.sqlite"], "results database"),
+    ([*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "/proc/medbench/r.sqlite"], "cannot write in /proc"),
     ([*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "{foreign.sqlite}"], "not a medbench results"),
     ([*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "{text.sqlite}"], "cannot open the results"),
-    ([*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "x" * 300 + "/r.sqlite"], "results database"),
+    ([*RUN, "--datasets", "{toy.npz}", "--ipc", "1", "--db", "x" * 300 + "/r.sqlite"], "File name too long"),
     # --- run: method settings ------------------------------------------------------------------
     ([*RUN_TOY, "--method-args", "random:foo=1"], "unknown setting foo"),
     ([*RUN_TOY, "--method-args", "dc:foo=1"], "not in the grid"),
@@ -371,6 +421,44 @@ CASES: list[tuple[list[str], str]] = [
     ([*RUN_TOY, "--budget-seconds", "inf"], "budget seconds must be positive"),
     (["run", "{g_budget_word.yaml}"], "budget_seconds must be numbers of seconds"),
     (["run", "{g_budget_zero.yaml}"], "budget seconds must be positive"),
+    # --- typed values, duplicate keys ------------------------------------------------------------
+    (["run", "{g_dataset_size_word.yaml}"], "size must be a whole number of pixels, got 'abc'"),
+    (["run", "{g_duplicate_key.yaml}"], "gives 'ipc' twice (line"),
+    (["run", "{g_duplicate_method.yaml}"], "gives 'dm' twice (line"),
+    (["check", "--baseline", "{baseline_typed.json}", "--db", "{db.sqlite}"], "accuracy_mean is 'high', not"),
+    # --- outputs that cannot be written: one check shared by every command that writes ------------
+    (["report", "--db", "{db.sqlite}", "--out", "{file}/rep"], "is a file, not a folder"),
+    (["report", "--db", "{db.sqlite}", "--out", "/proc/medbench-report"], "cannot write in /proc"),
+    ([*RUN_TOY, "--report", "{file}/rep"], "is a file, not a folder"),
+    (["baseline", "--db", "{db.sqlite}", "--out", "{file}/b.json"], "is a file, not a folder"),
+    (["baseline", "--db", "{db.sqlite}", "--out", "/proc/medbench-b.json"], "cannot write in /proc"),
+    (["export", "@cell", "--db", "{db.sqlite}", "--out", "{file}/pkg"], "is a file, not a folder"),
+    (["export", "@cell", "--db", "{db.sqlite}", "--out", "/proc/medbench-pkg"], "cannot write in /proc"),
+    (["audit", "@cell", "--db", "{db.sqlite}", "--out", "{file}/aud"], "is a file, not a folder"),
+    (["audit", "@cell", "--db", "{db.sqlite}", "--out", "/proc/medbench-aud"], "cannot write in /proc"),
+    (["bench", "--out", "{file}/bench"], "is a file, not a folder"),
+    (["bench", "--out", "/proc/medbench-bench"], "cannot write in /proc"),
+    (["experts", "--dataset", "{toy.npz}", "--experts-root", "{file}/experts"], "is a file, not a folder"),
+    (["experts", "--dataset", "{toy.npz}", "--experts-root", "/proc/medbench-experts"], "cannot write in /proc"),
+    ([*TUNE[:-4], "--db", "{file}/t.sqlite", "--width", "4", "--methods", "dm"], "is a file, not a folder"),
+    ([*TUNE[:-4], "--db", "/proc/medbench-t.sqlite", "--width", "4", "--methods", "dm"], "cannot write in /proc"),
+    (["merge", "{db.sqlite}", "--db", "{file}/m.sqlite"], "is a file, not a folder"),
+    (["merge", "{db.sqlite}", "--db", "/proc/medbench-m.sqlite"], "cannot write in /proc"),
+    # --- checked before the database exists: a share package, a class-folder conversion -----------
+    ([*RUN, "--methods", "package", "--method-args", "package:path={pkg_tampered}", "--datasets", "{toy.npz}",
+      "--ipc", "2", "--db", "out/r.sqlite"], "sha256"),
+    ([*RUN, "--methods", "package", "--method-args", "package:path={pkg}", "--datasets", "{rgb.npz}", "--ipc", "2",
+      "--db", "out/r.sqlite"], "the dataset is 3-channel"),
+    ([*RUN, "--methods", "package", "--method-args", "package:path={pkg}", "--datasets", "{four_class.npz}",
+      "--ipc", "2", "--db", "out/r.sqlite"], "with 4 classes"),
+    ([*RUN, "--methods", "package", "--method-args", "package:path={pkg}", "--datasets", "{toy.npz}", "--ipc", "1",
+      "--db", "out/r.sqlite"], "package has IPC 2; run it with --ipc 2"),
+    ([*RUN, "--methods", "package", "--method-args", "package:path={pkg},sha256=abc", "--datasets", "{toy.npz}",
+      "--ipc", "2", "--db", "out/r.sqlite"], "not the pinned abc"),
+    ([*RUN, "--datasets", "{one_class_folder}", "--ipc", "1", "--size", "8", "--data-root", "cache",
+      "--db", "out/r.sqlite"], "only one class"),
+    ([*RUN, "--datasets", "{small_class_folder}", "--ipc", "5", "--size", "8", "--data-root", "cache",
+      "--db", "out/r.sqlite"], "exceeds the smallest class"),
 ]
 
 

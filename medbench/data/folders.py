@@ -61,7 +61,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from medbench.data.catalog import LoadRequest, register_dataset
-from medbench.data.npz import SPLITS, splits_from_npz
+from medbench.data.npz import SPLITS, splits_from_npz, validate_arrays
 from medbench.data.splits import Splits
 from medbench.errors import DataError, MedbenchError
 from medbench.storage.files import atomic_open
@@ -376,8 +376,15 @@ def load_class_folders(
 
     key = cache_key(scan, size, channels, ratios, seed)
     path = _find_cache(cache_root, name, size, key)
+    created = path is None
+    missing_dirs: list[Path] = []
     if path is None:
         arrays = _convert(scan, name, size, channels, ratios, seed)
+        # the converted set must be a valid dataset before anything is written: one class, an empty class
+        # or a split without images stops here with the folder's name, and no cache is left behind
+        validate_arrays(root, arrays, len(scan.class_names))
+        missing_dirs = [d for d in (cache_root, cache_root / CACHE_DIR, _fallback_root(), _fallback_root() / CACHE_DIR)
+                        if not d.exists()]
         path = _cache_path(_writable_cache_dir(cache_root), name, size, key)
         _save_atomic(path, arrays)
     with np.load(path, allow_pickle=False) as npz:
@@ -405,6 +412,9 @@ def load_class_folders(
             "skipped_files": len(skipped),
             "duplicates_dropped": len(duplicates),
             "split": f"stratified {'/'.join(f'{r:g}' for r in ratios)} seed {seed}",
+            # written by this load (and the folders made for it): a grid that then fails validation removes them
+            "cache_created": created,
+            "cache_dirs_created": [str(d) for d in missing_dirs if d.exists()] if created else [],
         },
     )
     return dataclasses.replace(splits, source=str(root.resolve()))

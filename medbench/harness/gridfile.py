@@ -114,6 +114,10 @@ def read_grid_file(path: Path) -> dict[str, Any]:
             if isinstance(entry, dict):
                 if "name" not in entry or set(entry) - {"name", "size"}:
                     raise MedbenchError(f"{path}: a dataset entry is a name or {{name: ..., size: ...}}")
+                size = entry.get("size")
+                if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+                    raise MedbenchError(f"{path}: dataset {entry['name']}: size must be a whole number of pixels, "
+                                        f"got {size!r}")
                 entries.append((_resolve(base, str(entry["name"])), entry.get("size")))
             else:
                 entries.append((_resolve(base, str(entry)), None))

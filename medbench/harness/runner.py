@@ -9,6 +9,7 @@ an interrupted run loses at most the cells in progress, and the next run skips s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -292,14 +293,32 @@ def _outcomes(cells: Iterable[Cell], spec: GridSpec, device: torch.device, progr
 
 def validate(cells: list[Cell], spec: GridSpec) -> None:
     """Load every dataset of the cells still to run (on the CPU) and check every cell against it
-    (IPC within the smallest class, a network that builds) before anything is written: a bad file
-    or IPC in the last dataset must not leave a database, or the first dataset's cells, behind."""
-    for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
-        group = list(group)
-        splits = _load(ref, size, str(spec.data_root), spec.download, "cpu")
-        check_ipc(group, splits)
-        for protocol in {c.protocol for c in group}:  # an unknown model or an impossible depth fails here
-            protocol.model_spec().build(splits.channels, splits.num_classes, splits.size)
+    (IPC within the smallest class, a network that builds, the method's own pre-flight check such
+    as a share package's checksum and shape) before anything is written: a bad file or IPC in the
+    last dataset must not leave a database, the first dataset's cells, or a class-folder cache made
+    for this grid behind."""
+    loaded: list[Splits] = []
+    try:
+        for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
+            group = list(group)
+            splits = _load(ref, size, str(spec.data_root), spec.download, "cpu")
+            loaded.append(splits)
+            check_ipc(group, splits)
+            for protocol in {c.protocol for c in group}:  # an unknown model or an impossible depth fails here
+                protocol.model_spec().build(splits.channels, splits.num_classes, splits.size)
+            for cell in group:
+                method = get_method(cell.method)
+                if method.preflight is not None:
+                    method.preflight(method.make_params(cell.params), splits, cell.ipc)
+    except MedbenchError:
+        for splits in loaded:
+            if splits.meta.get("cache_created"):
+                Path(splits.meta["cache_file"]).unlink(missing_ok=True)
+                for folder in sorted(splits.meta.get("cache_dirs_created", []), key=len, reverse=True):
+                    with contextlib.suppress(OSError):  # only if empty: another grid's cache stays
+                        Path(folder).rmdir()
+        _load.cache_clear()
+        raise
 
 
 def _has_content(path: Path) -> bool:

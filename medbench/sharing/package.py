@@ -49,14 +49,22 @@ def check_compatible(manifest: dict[str, Any], channels: int, size: int, num_cla
         raise MedbenchError(f"{where}: package has IPC {manifest['ipc']}; run it with --ipc {manifest['ipc']}")
 
 
-def package_condensed(path: Path, task: DistillTask, sha256: str = "") -> CondensedSet:
-    """The package's images as a condensed set in ``task``'s normalisation, after verifying it."""
+def check_package(path: Path, sha256: str, channels: int, size: int, num_classes: int, ipc: int) -> dict[str, Any]:
+    """Verify a package (every checksum, the pinned sha256) and its fit to the receiving dataset;
+    its manifest, or one line naming the problem."""
     path = Path(path).expanduser()
     manifest = require_valid(path).manifest
     if sha256 and manifest["files"][NPZ]["sha256"] != sha256:
         raise MedbenchError(f"{path}: {NPZ} has sha256 {manifest['files'][NPZ]['sha256'][:12]}…, "
                             f"not the pinned {sha256[:12]}…")
-    check_compatible(manifest, task.channels, task.size, task.num_classes, task.ipc, str(path))
+    check_compatible(manifest, channels, size, num_classes, ipc, str(path))
+    return manifest
+
+
+def package_condensed(path: Path, task: DistillTask, sha256: str = "") -> CondensedSet:
+    """The package's images as a condensed set in ``task``'s normalisation, after verifying it."""
+    path = Path(path).expanduser()
+    manifest = check_package(path, sha256, task.channels, task.size, task.num_classes, task.ipc)
     arrays = npz_arrays(path / NPZ)
     images = torch.from_numpy(arrays["images_float32"]).float()
     c = images.shape[1]

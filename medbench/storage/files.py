@@ -97,11 +97,22 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_yaml(path: Path | str, what: str) -> Any:
-    """A YAML file's content; an unreadable file or invalid YAML is one line naming ``what`` it was."""
+    """A YAML file's content; an unreadable file, invalid YAML or a key given twice in one mapping
+    (which YAML would silently read as its last value) is one line naming ``what`` it was."""
     import yaml
 
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise MedbenchError(f"{path}: {what} gives {key!r} twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.load(Path(path).read_text(), Loader=UniqueKeys)
     except OSError as exc:
         raise MedbenchError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except yaml.YAMLError as exc:
