@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from medbench import hparams
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT
-from medbench.errors import MedbenchError
+from medbench.errors import EXIT_UNFINISHED, GridUnfinished, MedbenchError
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, COMPILE_MODES
 from medbench.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS, named_protocol
@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the eval networks (inductor), or also replay them as CUDA graphs "
                         "(cuda-graphs); pays only for long evaluations: 3-8 s compilation per shape (default: off)")
     r.add_argument("--retry-failed", action="store_true", default=None, help="run failed cells again")
+    r.add_argument("--no-wait", dest="wait", action="store_false", default=None,
+                   help="after this process's own cells, do not wait for the cells other processes on the database "
+                        "are computing: stop with exit status 3 and say how many are left (default: wait, taking "
+                        "over the cells of processes that died)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="format of the final table (default: table)")
@@ -292,7 +296,7 @@ GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "se
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
                 "ray_address": "ray_address", "eval_batching": "eval_batching",
                 "eval_compile": "eval_compile", "tuned": "tuned", "budget_seconds": "budgets",
-                "selection_metric": "selection_metric", "matched_baselines": "matched_baselines"}
+                "selection_metric": "selection_metric", "matched_baselines": "matched_baselines", "wait": "wait"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
@@ -405,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedbenchError as exc:
         print(f"medbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except GridUnfinished as exc:
+        print(f"medbench: unfinished: {exc}", file=sys.stderr)
+        return EXIT_UNFINISHED
     except KeyboardInterrupt as exc:
         return interrupted(exc)
 

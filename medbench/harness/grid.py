@@ -98,6 +98,9 @@ class GridSpec:
     # Add each method's matched baseline (random choosing among as many subsets, the tiled random of a
     # tiled method, random_soft of a soft-label one) and plain random, where the grid lacks them.
     matched_baselines: bool = True
+    # After its own cells, wait for the cells other processes on the database are computing (taking over
+    # those whose process died); False: stop, and exit EXIT_UNFINISHED (3) naming how many are left.
+    wait: bool = True
 
 
 def _dataset_key(ref: str, size: int | None) -> str:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
 from medbench.devices import resolve_device
-from medbench.errors import CellFailed, MedbenchError
+from medbench.errors import CellFailed, GridUnfinished, MedbenchError
 from medbench.evaluation import ModelScore, evaluate
 from medbench.evaluation.batched import compile_options
 from medbench.harness.claims import Claims
@@ -344,8 +344,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
         validate(cells, spec)
     with Store(db) as store, Claims(db) as claims:
         pending = [c for c in cells if store.status(c.cell_id) not in skip]
-        # Taken one at a time as they are started: another process on this database takes the others.
-        claimed = (c for c in pending if claims.take(c.cell_id, skip))
+        claimed = _claimed(pending, store, claims, skip, wait=spec.wait)
         overall = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="cells", position=0,
                        file=sys.stderr, dynamic_ncols=True, disable=not progress)
         try:
@@ -373,4 +372,33 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
             overall.close()
         if added_baselines(cells):  # said at the end: an error earlier stays one line
             print(added_baselines(cells), file=sys.stderr)
+        left = sum(store.status(c.cell_id) not in skip for c in pending)
+        if left:  # only with --no-wait: the others are computing them
+            raise GridUnfinished(left, db)
         return summarize(store, [c.cell_id for c in cells])
+
+
+POLL_SECONDS = 2.0
+
+
+def _claimed(pending: list[Cell], store: Store, claims: Claims, skip: set[str], *, wait: bool) -> Iterator[Cell]:
+    """The cells this process computes, taken one at a time as they start (another process on the
+    database takes the others). Then, with ``wait``, the cells other processes hold: polled until
+    each is stored, or taken over once its claim is dead (at once on this machine, after the
+    heartbeat expiry elsewhere), so a run returns only when its whole grid is stored."""
+    mine: set[str] = set()
+    for cell in pending:
+        if claims.take(cell.cell_id, skip):
+            mine.add(cell.cell_id)
+            yield cell
+    while wait:
+        left = [c for c in pending if c.cell_id not in mine and store.status(c.cell_id) not in skip]
+        if not left:
+            return
+        taken = [c for c in left if claims.take(c.cell_id, skip)]
+        for cell in taken:
+            mine.add(cell.cell_id)
+            yield cell
+        if not taken:
+            time.sleep(POLL_SECONDS)
+            check_signals()
