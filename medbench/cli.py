@@ -114,6 +114,9 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method-args", action="append", default=[], metavar="SPEC",
                    help="method hyper-parameters: NAME:key=value,... or a YAML file {NAME: {key: value}}; "
                         "repeatable")
+    g.add_argument("--drop-duplicates", action="store_true", default=None,
+                   help="remove from val the images that are exact copies of training images, and from test those "
+                        "that are copies of train or val images (another dataset: such cells never pool with others)")
     g.add_argument("--selection-metric", choices=SELECTION_METRICS,
                    help="the val score by which a method keeps its checkpoint, random:candidates=N its subset, "
                         "and a tuning trial is scored (default: balanced_accuracy; accuracy rewards predicting "
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                    help="MedMNIST root folder (default: %(default)s, as medmnist)")
     p.add_argument("--size", type=int, default=28, help="image size to check for (default: %(default)s)")
+    p.add_argument("--check", metavar="NAME|PATH",
+                   help="print one dataset's facts instead: split sizes, class balance, the majority-class rate, "
+                        "exact duplicates within and across splits")
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("methods", help="list registered distillation methods")
@@ -251,6 +257,8 @@ def _version() -> str:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    if args.check:
+        return _check_dataset(args.check, args.size, args.data_root.expanduser())
     rows = []
     for name in DATASETS.names():
         src = DATASETS.get(name)
@@ -262,6 +270,32 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         })
     print(tabulate(rows, headers="keys", tablefmt="github"))
     print(f"\ndata root: {args.data_root.expanduser()}  ·  any MedMNIST-layout .npz path also works")
+    return 0
+
+
+def _check_dataset(ref: str, size: int, root: Path) -> int:
+    """``medbench datasets --check``: one dataset's facts, the duplicates between its splits first."""
+    from tabulate import tabulate
+
+    from medbench.data.catalog import load_dataset
+    from medbench.data.duplicates import found
+
+    splits = load_dataset(ref, size=size if ref in DATASETS else None, root=root)
+    dup = found(splits)
+    rows = []
+    for name in ("train", "val", "test"):
+        counts = getattr(splits, name).class_counts(splits.num_classes)
+        rows.append({"split": name, "images": sum(counts), "per class": " ".join(map(str, counts)),
+                     "majority class": f"{100 * max(counts) / max(sum(counts), 1):.1f} %",
+                     "duplicates within": dup.within[name],
+                     "also in train": {"train": "", "val": dup.val_in_train, "test": dup.test_in_train}[name],
+                     "also in val": dup.test_in_val if name == "test" else ""})
+    print(f"{splits.name}: {splits.num_classes} classes, {splits.channels} channel(s), {splits.size} px, "
+          f"source {splits.source}")
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print(f"\nExact duplicates (identical pixels): {dup.val_in_train} val and {dup.test_in_train} test images are "
+          f"also training images, {dup.test_in_val} test images also val images. Scores count them as unseen; "
+          "`medbench run --drop-duplicates` removes them from val and test (another dataset, never pooled).")
     return 0
 
 
@@ -296,7 +330,8 @@ GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "se
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
                 "ray_address": "ray_address", "eval_batching": "eval_batching",
                 "eval_compile": "eval_compile", "tuned": "tuned", "budget_seconds": "budgets",
-                "selection_metric": "selection_metric", "matched_baselines": "matched_baselines", "wait": "wait"}
+                "selection_metric": "selection_metric", "matched_baselines": "matched_baselines", "wait": "wait",
+                "drop_duplicates": "drop_duplicates"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:

@@ -14,6 +14,7 @@ import medmnist
 from medmnist.info import DEFAULT_ROOT as MEDMNIST_DEFAULT_ROOT
 from medmnist.info import INFO
 
+from medbench.data import duplicates
 from medbench.data.npz import splits_from_npz
 from medbench.data.splits import Splits
 from medbench.errors import DataError, MedbenchError
@@ -150,10 +151,18 @@ def is_path_reference(ref: str) -> bool:
 
 
 def load_dataset(ref: str, *, size: int | None = None, root: Path | str = DEFAULT_DATA_ROOT,
-                 download: bool = False) -> Splits:
+                 download: bool = False, drop_duplicates: bool = False) -> Splits:
     """Load a registered dataset by name, a MedMNIST-layout npz by path, or a folder of class
-    folders by path (converted once and cached under ``root``; see :mod:`medbench.data.folders`)."""
+    folders by path (converted once and cached under ``root``; see :mod:`medbench.data.folders`).
+    Its exact duplicates within and across splits are counted (``meta["duplicates"]``, stored with
+    every cell); ``drop_duplicates`` removes the cross-split ones from val and test
+    (:mod:`medbench.data.duplicates`)."""
     root = Path(root).expanduser()
+    splits = duplicates.check(_load(ref, size, root, download), root)
+    return duplicates.drop(splits, root) if drop_duplicates else splits
+
+
+def _load(ref: str, size: int | None, root: Path, download: bool) -> Splits:
     if ref in DATASETS or not is_path_reference(ref):
         source = DATASETS.get(ref)  # unknown names fail here with the list of known ones
         return source.load(LoadRequest(size=size, root=root, download=download))

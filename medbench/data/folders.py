@@ -60,6 +60,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from medbench.data.cache import fallback_root, may_write
 from medbench.data.catalog import LoadRequest, register_dataset
 from medbench.data.npz import SPLITS, splits_from_npz, validate_arrays
 from medbench.data.splits import Splits
@@ -223,23 +224,10 @@ def cache_key(scan: FolderScan, size: int, channels: int | None, ratios: Sequenc
     return h.hexdigest()[:16]
 
 
-def _fallback_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "medbench"
-
-
-def _may_write(folder: Path) -> bool:
-    """Writable, and not marked read-only: root may write anywhere, but a shared data folder
-    with no write bits is meant to stay untouched."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return os.access(existing, os.W_OK) and bool(existing.stat().st_mode & 0o222)
-
-
 def _writable_cache_dir(cache_root: Path) -> Path:
-    for base in (cache_root, _fallback_root()):
+    for base in (cache_root, fallback_root()):
         folder = base / CACHE_DIR
-        if not _may_write(folder):
+        if not may_write(folder):
             continue
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -248,7 +236,7 @@ def _writable_cache_dir(cache_root: Path) -> Path:
         if base != cache_root:
             log.warning("medbench: %s is read-only; caching the converted images in %s", cache_root, folder)
         return folder
-    raise DataError(f"{cache_root}: cannot write the converted-images cache there or in {_fallback_root()}")
+    raise DataError(f"{cache_root}: cannot write the converted-images cache there or in {fallback_root()}")
 
 
 def _cache_path(folder: Path, name: str, size: int, key: str) -> Path:
@@ -256,7 +244,7 @@ def _cache_path(folder: Path, name: str, size: int, key: str) -> Path:
 
 
 def _find_cache(cache_root: Path, name: str, size: int, key: str) -> Path | None:
-    for base in (cache_root, _fallback_root()):
+    for base in (cache_root, fallback_root()):
         path = _cache_path(base / CACHE_DIR, name, size, key)
         if path.is_file():
             return path
@@ -383,7 +371,7 @@ def load_class_folders(
         # the converted set must be a valid dataset before anything is written: one class, an empty class
         # or a split without images stops here with the folder's name, and no cache is left behind
         validate_arrays(root, arrays, len(scan.class_names))
-        missing_dirs = [d for d in (cache_root, cache_root / CACHE_DIR, _fallback_root(), _fallback_root() / CACHE_DIR)
+        missing_dirs = [d for d in (cache_root, cache_root / CACHE_DIR, fallback_root(), fallback_root() / CACHE_DIR)
                         if not d.exists()]
         path = _cache_path(_writable_cache_dir(cache_root), name, size, key)
         _save_atomic(path, arrays)
@@ -413,8 +401,8 @@ def load_class_folders(
             "duplicates_dropped": len(duplicates),
             "split": f"stratified {'/'.join(f'{r:g}' for r in ratios)} seed {seed}",
             # written by this load (and the folders made for it): a grid that then fails validation removes them
-            "cache_created": created,
-            "cache_dirs_created": [str(d) for d in missing_dirs if d.exists()] if created else [],
+            "created_files": [str(path)] if created else [],
+            "created_dirs": [str(d) for d in missing_dirs if d.exists()] if created else [],
         },
     )
     return dataclasses.replace(splits, source=str(root.resolve()))

@@ -39,6 +39,7 @@ class Cell:
     budget: float | None = None  # distillation seconds an iterative method may spend (None: no limit)
     selection: str = DEFAULT_SELECTION  # the val score a selecting method chooses its candidates by
     added: str = field(default="", compare=False)  # not in the grid: added as this baseline (not identity)
+    drop_duplicates: bool = False  # val/test without their exact copies of train (val) images: another dataset
 
     @property
     def protocol_id(self) -> str:
@@ -57,9 +58,10 @@ class Cell:
         # Cells stored before the selection metric existed chose by accuracy: that value is left out, so
         # they keep their ids; a method that chooses nothing is the same cell under any metric.
         selection = [{"selection": self.selection}] if self.selection != "accuracy" and self.selects else []
+        dropped = [{"drop_duplicates": True}] if self.drop_duplicates else []
         params = hparams.identity(get_method(self.method).params, self.params)
         return digest([self.method, self.dataset, self.size, self.ipc, self.seed, params,
-                       self.protocol.identity(), *tuned, *budget, *selection])
+                       self.protocol.identity(), *tuned, *budget, *selection, *dropped])
 
     @property
     def label(self) -> str:
@@ -101,6 +103,8 @@ class GridSpec:
     # After its own cells, wait for the cells other processes on the database are computing (taking over
     # those whose process died); False: stop, and exit EXIT_UNFINISHED (3) naming how many are left.
     wait: bool = True
+    # Remove from val the images that are also in train, and from test those in train or val (exact copies).
+    drop_duplicates: bool = False
 
 
 def _dataset_key(ref: str, size: int | None) -> str:
@@ -164,7 +168,8 @@ def expand(spec: GridSpec) -> list[Cell]:
                 for budget in budgets:
                     for seed in spec.seeds:
                         cells.append(Cell(name, dataset, size, ipc, seed, params[name], spec.protocol,
-                                          budget=budget, selection=spec.selection_metric))
+                                          budget=budget, selection=spec.selection_metric,
+                                          drop_duplicates=spec.drop_duplicates))
     cells = _with_tuning(cells, Path(spec.db)) if spec.tuned else cells
     return with_baselines(cells) if spec.matched_baselines else cells
 
@@ -178,7 +183,7 @@ def matched_baseline(cell: Cell) -> Cell | None:
     name, values = found
     params = as_dict(get_method(name).make_params(values))
     return Cell(name, cell.dataset, cell.size, cell.ipc, cell.seed, params, cell.protocol, selection=cell.selection,
-                added=_describe(name, params))
+                added=_describe(name, params), drop_duplicates=cell.drop_duplicates)
 
 
 def with_baselines(cells: list[Cell]) -> list[Cell]:
@@ -192,7 +197,7 @@ def with_baselines(cells: list[Cell]) -> list[Cell]:
         if cell.ipc is not None and cell.method != "random":
             plain = Cell("random", cell.dataset, cell.size, cell.ipc, cell.seed,
                          as_dict(get_method("random").make_params()), cell.protocol, selection=cell.selection,
-                         added="random")
+                         added="random", drop_duplicates=cell.drop_duplicates)
             for extra in (plain, matched_baseline(cell)):
                 if extra is not None and extra.cell_id not in present:
                     out.setdefault(extra.cell_id, extra)

@@ -34,7 +34,8 @@ from medbench.storage.files import read_yaml
 # Keys taken as they are, with their type (the others are parsed below: lists, paths, the protocol).
 PLAIN_TYPES: dict[str, type] = {"size": int, "download": bool, "device": str, "retry_failed": bool, "workers": int,
                                 "executor": str, "ray_address": str, "eval_batching": str, "eval_compile": str,
-                                "tuned": bool, "selection_metric": str, "matched_baselines": bool}
+                                "tuned": bool, "selection_metric": str, "matched_baselines": bool, "wait": bool,
+                                "drop_duplicates": bool}
 KEYS = {"methods", "datasets", "ipc", "seeds", "budget_seconds", "protocol", "eval", "data_root", "db", *PLAIN_TYPES}
 PRESET_PACKAGE = "medbench.presets"
 

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from medbench.data import duplicates
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
 from medbench.devices import resolve_device
@@ -172,22 +173,22 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
 
 
 @lru_cache(maxsize=2)
-def _load(ref: str, size: int | None, root: str, download: bool, device: str) -> Splits:
+def _load(ref: str, size: int | None, root: str, download: bool, device: str, drop: bool = False) -> Splits:
     # Each process keeps its last datasets on the device, so cells of a dataset do not reload it.
-    return load_dataset(ref, size=size, root=Path(root), download=download).to(device)
+    return load_dataset(ref, size=size, root=Path(root), download=download, drop_duplicates=drop).to(device)
 
 
 def _prepare(cells: list[Cell], spec: GridSpec, device: torch.device, progress: bool) -> None:
     """Run each method's once-per-dataset work (e.g. MTT's expert buffer) before its cells."""
     bar = _Bar(progress)
-    for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
+    for (ref, size, drop), group in groupby(cells, key=lambda c: (c.dataset, c.size, c.drop_duplicates)):
         jobs = {}
         for cell in group:
             method = get_method(cell.method)
             if method.prepare is not None:
                 jobs.setdefault((cell.method, repr(sorted(cell.params.items()))), (method, cell))
         for method, cell in jobs.values():
-            splits = _load(ref, size, str(spec.data_root), spec.download, str(device))
+            splits = _load(ref, size, str(spec.data_root), spec.download, str(device), drop)
             bar.phase(f"prepare {cell.method} · {Path(ref).stem}")
             try:
                 method.prepare(splits, method.make_params(cell.params), cell.protocol.model_spec(), bar.update)
@@ -200,7 +201,7 @@ def _run_local(cells: Iterable[Cell], spec: GridSpec, device: torch.device, prog
     kept on the device for its cells (``_load`` caches it; :func:`validate` checked them)."""
     bar = _Bar(progress)
     for cell in cells:
-        splits = _load(cell.dataset, cell.size, str(spec.data_root), spec.download, str(device))
+        splits = _load(cell.dataset, cell.size, str(spec.data_root), spec.download, str(device), cell.drop_duplicates)
         yield run_cell(cell, splits, spec.db.parent, bar, batching=spec.eval_batching,
                        compile_mode=spec.eval_compile)
 
@@ -209,7 +210,7 @@ def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: st
                  compile_mode: str, threads: int) -> Outcome:
     """Run one cell in a worker process (pool or Ray): load (cached), check, distil, evaluate."""
     torch.set_num_threads(threads)
-    splits = _load(cell.dataset, cell.size, root, download, device)
+    splits = _load(cell.dataset, cell.size, root, download, device, cell.drop_duplicates)
     check_ipc([cell], splits)
     return run_cell(cell, splits, Path(workdir), batching=batching, compile_mode=compile_mode)
 
@@ -291,17 +292,17 @@ def _outcomes(cells: Iterable[Cell], spec: GridSpec, device: torch.device, progr
     return _run_local(cells, spec, device, progress)
 
 
-def validate(cells: list[Cell], spec: GridSpec) -> None:
+def validate(cells: list[Cell], spec: GridSpec) -> list[Splits]:
     """Load every dataset of the cells still to run (on the CPU) and check every cell against it
     (IPC within the smallest class, a network that builds, the method's own pre-flight check such
     as a share package's checksum and shape) before anything is written: a bad file or IPC in the
     last dataset must not leave a database, the first dataset's cells, or a class-folder cache made
-    for this grid behind."""
+    for this grid behind. Returns the datasets it loaded."""
     loaded: list[Splits] = []
     try:
-        for (ref, size), group in groupby(cells, key=lambda c: (c.dataset, c.size)):
+        for (ref, size, drop), group in groupby(cells, key=lambda c: (c.dataset, c.size, c.drop_duplicates)):
             group = list(group)
-            splits = _load(ref, size, str(spec.data_root), spec.download, "cpu")
+            splits = _load(ref, size, str(spec.data_root), spec.download, "cpu", drop)
             loaded.append(splits)
             check_ipc(group, splits)
             for protocol in {c.protocol for c in group}:  # an unknown model or an impossible depth fails here
@@ -311,14 +312,15 @@ def validate(cells: list[Cell], spec: GridSpec) -> None:
                 if method.preflight is not None:
                     method.preflight(method.make_params(cell.params), splits, cell.ipc)
     except MedbenchError:
-        for splits in loaded:
-            if splits.meta.get("cache_created"):
-                Path(splits.meta["cache_file"]).unlink(missing_ok=True)
-                for folder in sorted(splits.meta.get("cache_dirs_created", []), key=len, reverse=True):
-                    with contextlib.suppress(OSError):  # only if empty: another grid's cache stays
-                        Path(folder).rmdir()
+        for splits in loaded:  # caches made by these loads (class-folder conversions, image hashes)
+            for file in splits.meta.get("created_files", []):
+                Path(file).unlink(missing_ok=True)
+            for folder in sorted(splits.meta.get("created_dirs", []), key=len, reverse=True):
+                with contextlib.suppress(OSError):  # only if empty: another grid's cache stays
+                    Path(folder).rmdir()
         _load.cache_clear()
         raise
+    return loaded
 
 
 def _has_content(path: Path) -> bool:
@@ -339,9 +341,13 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
     skip = {"done"} if spec.retry_failed else {"done", "failed"}
     if _has_content(db):  # read-only: a foreign file is refused here, and nothing is created yet
         with Store(db, readonly=True) as existing:
-            validate([c for c in cells if existing.status(c.cell_id) not in skip], spec)
+            loaded = validate([c for c in cells if existing.status(c.cell_id) not in skip], spec)
     else:
-        validate(cells, spec)
+        loaded = validate(cells, spec)
+    for splits in loaded:  # the grid is good: now say what a reader of its scores must know
+        line = duplicates.found(splits).line(splits.name) if "duplicates" in splits.meta else ""
+        if line:
+            print(line, file=sys.stderr)
     with Store(db) as store, Claims(db) as claims:
         pending = [c for c in cells if store.status(c.cell_id) not in skip]
         claimed = _claimed(pending, store, claims, skip, wait=spec.wait)

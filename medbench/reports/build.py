@@ -30,6 +30,7 @@ from medbench.reports.tables import (
     aggregate,
     chance_note,
     dataset_table,
+    duplicates_note,
     failed_notes,
     frame_table,
     method_order,
@@ -157,9 +158,10 @@ def build_sections(store: Store, *, metric: str = DEFAULT_METRIC, db: Path | Non
             if key in train:
                 table.title += f", {train[key]} training images"
             table.notes.insert(0, caption)
-            note = chance_note(study.facts.get(key, {}), study.metric)
-            if note:
-                table.notes.append(note)
+            for note in (chance_note(study.facts.get(key, {}), study.metric),
+                         duplicates_note(study.facts.get(key, {}))):
+                if note:
+                    table.notes.append(note)
             verdicts = [v for k, v in sorted(study.tables.items(), key=lambda kv: kv[0][3])
                         if k[:3] == (pid, dataset, key[1])]
             here = study.cells[(study.cells.protocol_id == pid) & (study.cells.dataset == dataset)]

@@ -128,6 +128,23 @@ def chance_note(facts: dict, metric: str) -> str:
             "(the chance level the ⚠ flag compares with).")
 
 
+def duplicates_note(facts: dict) -> str:
+    """The dataset's exact duplicates across and within splits (cells stored before they were
+    counted: none), and whether this dataset's val and test had them removed."""
+    found = facts.get("duplicates")
+    if not found:
+        return ""
+    dropped = facts.get("duplicates_dropped_from")
+    across = found["val_in_train"] + found["test_in_train"] + found["test_in_val"]
+    within = {s: found[f"within_{s}"] for s in ("train", "val", "test") if found.get(f"within_{s}")}
+    text = (f"Exact duplicates: {found['test_in_train']} test and {found['val_in_train']} val images are also training "
+            f"images, {found['test_in_val']} test images also val images"
+            + (f"; within splits {', '.join(f'{n} in {s}' for s, n in within.items())}" if within else ""))
+    if dropped:
+        return text + f". Removed here from val ({dropped['val']}) and test ({dropped['test']}): --drop-duplicates."
+    return text + (". Scored as unseen here (medbench run --drop-duplicates removes them)." if across else ".")
+
+
 MATCHED = "vs matched baseline (pp) [95 % CI]"
 RANDOM = "vs random (pp) [95 % CI]"
 HLR = "HLR (pp) [95 % CI]"
