@@ -378,7 +378,7 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
             overall.close()
         if added_baselines(cells):  # said at the end: an error earlier stays one line
             print(added_baselines(cells), file=sys.stderr)
-        left = sum(store.status(c.cell_id) not in skip for c in pending)
+        left = sum(not _finished(c, store, claims, skip) for c in pending)
         if left:  # only with --no-wait: the others are computing them
             raise GridUnfinished(left, db)
         return summarize(store, [c.cell_id for c in cells])
@@ -387,18 +387,25 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
 POLL_SECONDS = 2.0
 
 
+def _finished(cell: Cell, store: Store, claims: Claims, skip: set[str]) -> bool:
+    """Stored with a status the run skips, or stored by any process (this one too) since it began:
+    a retried cell that failed again is finished, not pending."""
+    stored = store.stored_at(cell.cell_id)
+    return stored is not None and (store.status(cell.cell_id) in skip or stored >= claims.started)
+
+
 def _claimed(pending: list[Cell], store: Store, claims: Claims, skip: set[str], *, wait: bool) -> Iterator[Cell]:
     """The cells this process computes, taken one at a time as they start (another process on the
     database takes the others). Then, with ``wait``, the cells other processes hold: polled until
     each is stored, or taken over once its claim is dead (at once on this machine, after the
     heartbeat expiry elsewhere), so a run returns only when its whole grid is stored."""
-    mine: set[str] = set()
+    mine: set[str] = set()  # taken by this process: being computed or stored (never taken twice)
     for cell in pending:
         if claims.take(cell.cell_id, skip):
             mine.add(cell.cell_id)
             yield cell
     while wait:
-        left = [c for c in pending if c.cell_id not in mine and store.status(c.cell_id) not in skip]
+        left = [c for c in pending if c.cell_id not in mine and not _finished(c, store, claims, skip)]
         if not left:
             return
         taken = [c for c in left if claims.take(c.cell_id, skip)]

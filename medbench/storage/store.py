@@ -175,6 +175,11 @@ class Store:
         row = self._conn.execute("SELECT status FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
         return row[0] if row else None
 
+    def stored_at(self, cell_id: str) -> str | None:
+        """When the cell was stored (ISO time, UTC), or None."""
+        row = self._conn.execute("SELECT created_at FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+        return row[0] if row else None
+
     def write(self, record: CellRecord) -> None:
         """Insert (or replace) one cell with all its scores, atomically."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
