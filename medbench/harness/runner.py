@@ -357,14 +357,18 @@ def run_grid(spec: GridSpec, *, progress: bool = True) -> pd.DataFrame:
             _prepare(pending, spec, device, progress)
             check_signals()  # one that arrived while imports ran is raised here, before any work
             for record, condensed in _outcomes(claimed, spec, device, progress):
+                written = None
                 try:
                     if condensed is not None:
                         path = db.parent / "condensed" / f"{record.cell_id}.npz"
                         stats = record.config["dataset"]
                         save_condensed(path, condensed, stats["mean"], stats["std"])
+                        written = path
                         record = dataclasses.replace(record, condensed_path=str(path.resolve()))
                     store.write(record)
                 except (OSError, sqlite3.Error) as exc:
+                    if written is not None:  # no condensed file without its cell (its checkpoints stay)
+                        written.unlink(missing_ok=True)
                     raise MedbenchError(f"cannot store the result of {record.method} · {record.dataset} · ipc "
                                         f"{record.ipc} · seed {record.seed} ({exc}): is the disk full or the "
                                         f"folder not writable? Cells stored before are kept") from None
