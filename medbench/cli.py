@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", metavar="NAME|PATH",
                    help="print one dataset's facts instead: split sizes, class balance, the majority-class rate, "
                         "exact duplicates within and across splits")
+    p.add_argument("--near", action="store_true",
+                   help="with --check: also count near-duplicates across splits (equal perceptual hashes)")
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("methods", help="list registered distillation methods")
@@ -258,7 +260,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     if args.check:
-        return _check_dataset(args.check, args.size, args.data_root.expanduser())
+        return _check_dataset(args.check, args.size, args.data_root.expanduser(), args.near)
+    if args.near:
+        raise MedbenchError("--near goes with --check NAME|PATH")
     rows = []
     for name in DATASETS.names():
         src = DATASETS.get(name)
@@ -273,12 +277,12 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_dataset(ref: str, size: int, root: Path) -> int:
+def _check_dataset(ref: str, size: int, root: Path, with_near: bool = False) -> int:
     """``medbench datasets --check``: one dataset's facts, the duplicates between its splits first."""
     from tabulate import tabulate
 
     from medbench.data.catalog import load_dataset
-    from medbench.data.duplicates import found
+    from medbench.data.duplicates import found, near
 
     splits = load_dataset(ref, size=size if ref in DATASETS else None, root=root)
     dup = found(splits)
@@ -296,6 +300,11 @@ def _check_dataset(ref: str, size: int, root: Path) -> int:
     print(f"\nExact duplicates (identical pixels): {dup.val_in_train} val and {dup.test_in_train} test images are "
           f"also training images, {dup.test_in_val} test images also val images. Scores count them as unseen; "
           "`medbench run --drop-duplicates` removes them from val and test (another dataset, never pooled).")
+    if with_near:
+        close = near(splits)
+        print(f"Near-duplicates (equal perceptual hash, exact copies included): {close['val_in_train']} val and "
+              f"{close['test_in_train']} test images look like a training image, {close['test_in_val']} test images "
+              "like a val image. Check them by eye before dropping: distinct images can share a hash.")
     return 0
 
 

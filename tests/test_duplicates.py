@@ -82,3 +82,14 @@ def test_hashes_see_pixels_and_shape():
     a = np.zeros((2, 1, 4, 4), dtype=np.uint8)
     b = np.zeros((1, 1, 2, 8), dtype=np.uint8)  # the same bytes in another shape
     assert duplicates.image_hashes(a)[0] == duplicates.image_hashes(a)[1] != duplicates.image_hashes(b)[0]
+
+
+def test_near_duplicates_find_a_brightened_copy(tmp_path, capsys):
+    arrays = make_arrays(n=(40, 12, 20), size=32)
+    arrays["test_images"][3] = np.clip(arrays["train_images"][4].astype(int) + 3, 0, 255).astype(np.uint8)
+    path = write_npz(tmp_path / "near.npz", arrays)
+    splits = load_dataset(str(path), root=tmp_path)
+    assert duplicates.found(splits).test_in_train == 0  # not an exact copy
+    assert duplicates.near(splits)["test_in_train"] >= 1  # but the same image
+    assert main(["datasets", "--check", str(path), "--data-root", str(tmp_path), "--near"]) == 0
+    assert "Near-duplicates (equal perceptual hash" in capsys.readouterr().out

@@ -9,7 +9,9 @@ writable (shared, read-only data), under the user's cache folder, as the class-f
 
 ``drop`` removes the cross-split copies from val (those in train) and from test (those in train or
 val): the result is another dataset, part of a cell's identity, never pooled with the original.
-Near-duplicates (resized or re-encoded copies) are not found by exact hashes.
+Near-duplicates (resized, re-encoded or slightly shifted copies) are not found by exact hashes;
+:func:`near` counts images across splits whose perceptual hash (``imagehash.phash``, a DCT of the
+downscaled image) equals a training image's, as an option of ``medbench datasets --check --near``.
 """
 
 from __future__ import annotations
@@ -123,6 +125,26 @@ def drop(splits: Splits, cache_root: Path | None = None) -> Splits:
     meta = {**splits.meta, "duplicates_dropped_from": dropped}
     return dataclasses.replace(splits, val=subset(splits.val, keep_val), test=subset(splits.test, keep_test),
                                meta=meta)
+
+
+def perceptual_hashes(images: torch.Tensor) -> np.ndarray:
+    """``imagehash.phash`` of every image (grayscale; 64-bit DCT hash), as hex strings."""
+    import imagehash
+    from PIL import Image
+
+    array = images.cpu().numpy()
+    gray = array.mean(axis=1) if array.shape[1] > 1 else array[:, 0]
+    return np.asarray([str(imagehash.phash(Image.fromarray(img.astype(np.uint8)))) for img in gray])
+
+
+def near(splits: Splits) -> dict[str, int]:
+    """Val and test images whose perceptual hash equals a training image's (exact copies included),
+    and test images whose hash equals a val image's: likely the same patient's image, resized,
+    re-encoded or nudged."""
+    hashes = {s: perceptual_hashes(getattr(splits, s).images) for s in SPLITS}
+    return {"val_in_train": int(np.isin(hashes["val"], hashes["train"]).sum()),
+            "test_in_train": int(np.isin(hashes["test"], hashes["train"]).sum()),
+            "test_in_val": int(np.isin(hashes["test"], hashes["val"]).sum())}
 
 
 def _cache_path(source: Path, splits: Splits, cache_root: Path | None) -> Path | None:
