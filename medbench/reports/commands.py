@@ -72,7 +72,8 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report``, ``correlate``, ``baseline`` and ``check`` to the ``medbench`` command line."""
-    p = subparsers.add_parser("report", help="write leaderboard.md, results.csv and index.html from a results DB")
+    p = subparsers.add_parser("report", help="verdicts, leaderboard.md, results.csv, predictions.csv.gz and index.html "
+                                             "from a results DB")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
     p.add_argument("--out", type=Path, required=True, help="folder to write into, e.g. reports/NAME")
     p.add_argument("--images-per-class", type=int, default=10, help="condensed images shown per class")
@@ -84,10 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(covid19-mtt) or a *.reference.yaml file")
     p.set_defaults(func=cmd_report)
 
-    p = subparsers.add_parser("correlate", help="distilled vs random accuracy across datasets, or a prediction")
+    p = subparsers.add_parser("correlate", help="distilled vs random scores across datasets (and against the gain), or "
+                                                "a prediction")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
-    p.add_argument("--predict", type=_accuracy, metavar="ACC",
-                   help="a new dataset's random-subset accuracy (fraction or %%): predict the method's accuracy")
+    p.add_argument("--predict", type=_accuracy, metavar="SCORE",
+                   help="a new dataset's random-subset score in --metric (fraction or %%): predict the method's")
     p.add_argument("--method", help="method to predict for")
     p.add_argument("--ipc", type=int, help="IPC to predict for")
     p.add_argument("--protocol", help="protocol_id (or its prefix) when several protocols are stored")
