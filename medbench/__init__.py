@@ -1,6 +1,6 @@
 """medbench: a benchmark suite for dataset distillation on medical images.
 
-The public names are imported on first use (PEP 562), so ``import medbench.launch`` (the command's
+The public names are imported on first use (PEP 562), so ``import medbench.core.signals`` (the command's
 entry point, which must install its signal handlers before torch and medmnist load) stays instant.
 """
 
@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "list_datasets": "medbench.data", "load_dataset": "medbench.data", "register_dataset": "medbench.data",
-    "DataError": "medbench.errors", "MedbenchError": "medbench.errors",
-    "CondensedSet": "medbench.method", "DistillTask": "medbench.method", "get_method": "medbench.method",
-    "list_methods": "medbench.method", "register_method": "medbench.method",
-    "list_models": "medbench.models", "register_model": "medbench.models",
+    "DataError": "medbench.core.errors", "MedbenchError": "medbench.core.errors",
+    "CondensedSet": "medbench.distill", "DistillTask": "medbench.distill", "get_method": "medbench.distill",
+    "list_methods": "medbench.distill", "register_method": "medbench.distill",
+    "list_models": "medbench.nn.models", "register_model": "medbench.nn.models",
     "run": "medbench.api", "results": "medbench.api",
 }
 

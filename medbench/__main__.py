@@ -1,5 +1,5 @@
 import sys
 
-from medbench.launch import main
+from medbench.cli.launch import main
 
 sys.exit(main())

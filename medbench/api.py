@@ -8,13 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from medbench.data.catalog import DEFAULT_DATA_ROOT
-from medbench.evaluation.protocols import DEFAULT_PROTOCOL, named_protocol
-from medbench.harness.grid import DEFAULT_DB, GridSpec
+from medbench.data.registry import DEFAULT_DATA_ROOT
+from medbench.distill.method import DEFAULT_SELECTION
+from medbench.evaluation.named import DEFAULT_PROTOCOL, named_protocol
+from medbench.harness.grid import GridSpec
 from medbench.harness.runner import run_grid
-from medbench.method import DEFAULT_SELECTION
-from medbench.storage.store import Store
-from medbench.summary import summarize
+from medbench.storage.store import DEFAULT_DB, Store
+from medbench.storage.summary import summarize
 
 
 def _seq(value: Any) -> tuple:

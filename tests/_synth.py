@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from medbench.data.splits import Split, Splits
-from medbench.method import CondensedSet, DistillTask
-from medbench.models import ModelSpec
-from medbench.training import accuracy, train_network
+from medbench.distill.method import CondensedSet, DistillTask
+from medbench.nn.models import ModelSpec
+from medbench.nn.training import accuracy, train_network
 
 
 def make_splits(num_classes: int = 4, size: int = 12, channels: int = 1, per_class: int = 64,

@@ -18,8 +18,8 @@ from medbench.analysis import (
     paired_points,
     predict,
 )
-from medbench.cli import main
-from medbench.errors import MedbenchError
+from medbench.cli.main import main
+from medbench.core.errors import MedbenchError
 from medbench.storage.store import Store
 
 

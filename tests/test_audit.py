@@ -13,7 +13,7 @@ from conftest import FAST
 from sklearn.metrics import roc_auc_score
 
 import medbench
-from medbench.cli import main
+from medbench.cli.main import main
 from medbench.data.splits import Split, Splits
 from medbench.sharing.audit import (
     AuditSettings,

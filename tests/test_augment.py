@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medbench.augment import AugmentConfig, SiameseAugment, default_ops
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
 from medbench.evaluation.protocol import Protocol
+from medbench.nn.augment import AugmentConfig, SiameseAugment, default_ops
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -120,8 +120,8 @@ def test_protocol_accepts_dsa_eval_augmentation() -> None:
 def test_protocol_trains_with_dsa_augmentation(monkeypatch) -> None:
     from _synth import make_splits
 
+    from medbench.distill.method import CondensedSet
     from medbench.evaluation.protocol import evaluate
-    from medbench.method import CondensedSet
 
     calls = []
     original = SiameseAugment.__call__

@@ -21,7 +21,7 @@ import pytest
 from _records import record, store_with, write_condensed_npz
 from conftest import make_arrays, write_npz
 
-from medbench.cli import main
+from medbench.cli.main import main
 
 
 def _npz(**change: object) -> Callable[[Path], Path]:

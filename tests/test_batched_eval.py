@@ -15,9 +15,9 @@ import functools
 import pytest
 import torch
 
-from medbench.augment import AugmentConfig, SiameseAugment
+from medbench.core.errors import MedbenchError
 from medbench.data import load_dataset
-from medbench.errors import MedbenchError
+from medbench.distill.method import CondensedSet
 from medbench.evaluation import Protocol, evaluate, model_seeds
 from medbench.evaluation.batched import (
     SMALL_STEP_IMAGES,
@@ -29,9 +29,9 @@ from medbench.evaluation.batched import (
     per_model_loss,
 )
 from medbench.evaluation.protocol import train_models
-from medbench.method import CondensedSet
-from medbench.models import ModelSpec
-from medbench.training import TrainingDiverged
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.models import ModelSpec
+from medbench.nn.training import TrainingDiverged
 
 RTOL = 1e-4
 CPU = torch.device("cpu")

@@ -10,8 +10,10 @@ import json
 import pytest
 import torch
 
-from medbench.bench import EIGHT, MODES, _linear, busy_warning, project
-from medbench.cli import main
+from medbench.bench.measure import EIGHT, MODES
+from medbench.bench.projection import _linear, project
+from medbench.bench.report import busy_warning
+from medbench.cli.main import main
 
 TINY = ["--device", "cpu", "--quick", "--width", "4", "--depth", "2", "--classes", "3", "--size", "12",
         "--ks", "1,2", "--ipcs", "1,2", "--epochs", "1", "--repeats", "1", "--batch-real", "4", "--mtt-steps", "2",
@@ -88,7 +90,8 @@ def test_a_busy_machine_is_flagged_in_the_report():
 def test_speed_options_are_measured_one_at_a_time(tmp_path):
     """The options section runs each option alone against its trainer's baseline (here without
     torch.compile, which needs minutes of compiling on a CPU); CUDA-only ones are marked, not faked."""
-    from medbench.bench import OPTION_TRAINERS, Settings, _render_options, bench_options
+    from medbench.bench.measure import OPTION_TRAINERS, Settings, bench_options
+    from medbench.bench.report import _render_options
 
     s = Settings(device="cpu", width=4, ks=(2,), ipcs=(1,), epochs=1, repeats=1, size=28, channels=1, classes=2)
     variants = ("baseline", "bf16", "channels_last", "cudnn_benchmark", "cuda_graphs")

@@ -6,8 +6,9 @@ import sys
 import pytest
 from conftest import ONE_THREAD, make_arrays, write_npz
 
-from medbench.cli import main, parse_method_args
-from medbench.errors import MedbenchError
+from medbench.cli.gridargs import parse_method_args
+from medbench.cli.main import main
+from medbench.core.errors import MedbenchError
 
 QUICK = ["--eval-models", "2", "--epochs", "2", "--full-epochs", "1", "--width", "4", "--seeds", "0", "--no-progress"]
 FAST_ARGS = [*QUICK, "--device", "cpu"]

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from medbench.errors import MedbenchError
-from medbench.models import ModelSpec, list_models
-from medbench.models.convnet import ConvNet, default_depth
+from medbench.core.errors import MedbenchError
+from medbench.nn.models import ModelSpec, list_models
+from medbench.nn.models.convnet import ConvNet, default_depth
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from _synth import make_splits, make_task
-from medbench.methods.coresets import herding_order, kcenter_order
 
-from medbench.errors import MedbenchError
-from medbench.method import get_method, list_methods
+from medbench.core.errors import MedbenchError
+from medbench.distill.method import get_method, list_methods
+from medbench.methods.coresets import herding_order, kcenter_order
 
 
 def _herding_by_hand(x: np.ndarray, k: int) -> list[int]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from medbench.methods.mtt import MTTParams
 
 from medbench.data import DATASETS
+from medbench.distill.method import get_method
 from medbench.evaluation import Protocol
-from medbench.method import get_method
+from medbench.methods.mtt import MTTParams
 
 PRESETS = Path(str(resources.files("medbench.presets")))
 

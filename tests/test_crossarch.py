@@ -9,9 +9,9 @@ import torch
 from _sharing_cells import random_cell
 from torch import nn
 
-from medbench import crossarch
-from medbench.cli import main
-from medbench.models import ModelSpec
+from medbench.cli.main import main
+from medbench.harness import crossarch
+from medbench.nn.models import ModelSpec
 from medbench.storage.store import Store
 
 
@@ -97,7 +97,7 @@ def test_a_failed_architecture_reads_failed_not_blank():
 
 def test_failed_results_are_kept_unless_retried(tmp_path, monkeypatch):
     """As in `medbench run`: a failed (diverged) evaluation is a stored result, not a gap to fill."""
-    from medbench.errors import CellFailed
+    from medbench.core.errors import CellFailed
 
     db, _, _ = random_cell(tmp_path)
     calls = []

@@ -8,6 +8,12 @@ import dataclasses
 import pytest
 import torch
 from conftest import make_arrays, write_npz
+from safetensors.torch import load_file
+from test_mtt import tiny_problem
+
+from medbench.core.errors import MedbenchError
+from medbench.data import load_dataset
+from medbench.distill.method import DistillTask, get_method
 from medbench.methods.datm import DATMParams, teacher_start, upper_bound
 from medbench.methods.trajectory import (
     Matching,
@@ -17,14 +23,8 @@ from medbench.methods.trajectory import (
     open_buffer,
     plan_unroll,
 )
-from safetensors.torch import load_file
-from test_mtt import tiny_problem
-
-from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.data import load_dataset
-from medbench.errors import MedbenchError
-from medbench.method import DistillTask, get_method
-from medbench.models import ModelSpec
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.models import ModelSpec
 
 SPEC = ModelSpec("convnet", {"width": 4})
 BUFFER = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "augment": False}
@@ -177,8 +177,7 @@ def test_random_soft_is_randoms_subset_with_the_teachers_labels(task, experts_ro
 def test_student_loss_equals_the_official_soft_cross_entropy():
     """DATM's SoftCrossEntropy: sum(−log_softmax(x) · softmax(y)) / batch, y the label logits."""
     from medbench.methods.trajectory.unroll import targets
-
-    from medbench.training import loss_fn
+    from medbench.nn.training import loss_fn
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)

@@ -12,10 +12,10 @@ from _records import record, store_with
 from _synth import make_splits
 
 from medbench.analysis import ddranking
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
+from medbench.distill.method import CondensedSet
 from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import HARD_LABELS, evaluate
-from medbench.method import CondensedSet
 from medbench.reports import write_report
 from medbench.storage.store import ModelRow
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from _synth import held_out_accuracy, make_splits, make_task, without_timings
-from medbench.methods import _synthetic as syn
-from medbench.methods.dm import matching_loss
 
-from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.errors import MedbenchError
-from medbench.method import get_method
+from medbench.core.errors import MedbenchError
+from medbench.distill.method import get_method
+from medbench.methods import synthetic as syn
+from medbench.methods.dm import matching_loss
+from medbench.nn.augment import AugmentConfig, SiameseAugment
 
 
 @pytest.fixture(scope="module")

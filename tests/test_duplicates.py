@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_arrays, write_npz
 
-from medbench.cli import main
+from medbench.cli.main import main
 from medbench.data import duplicates
 from medbench.data.catalog import load_dataset
 from medbench.evaluation import Protocol

@@ -9,6 +9,10 @@ import time
 import pytest
 import torch
 from conftest import make_arrays, write_npz
+
+from medbench.core.errors import MedbenchError
+from medbench.data import load_dataset
+from medbench.distill.method import DistillTask
 from medbench.methods.trajectory import (
     ExpertBuffer,
     ExpertConfig,
@@ -17,12 +21,8 @@ from medbench.methods.trajectory import (
     build_seeded,
     derived_seed,
 )
-
-from medbench.data import load_dataset
-from medbench.errors import MedbenchError
-from medbench.method import DistillTask
-from medbench.models import ModelSpec
-from medbench.whitening import ZCA
+from medbench.nn.models import ModelSpec
+from medbench.nn.whitening import ZCA
 
 SPEC = ModelSpec("convnet", {"width": 4})
 

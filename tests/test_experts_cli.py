@@ -3,12 +3,12 @@ builds each dataset's buffer once, before its cells, from the full splits."""
 
 import math
 
-import medbench.methods.trajectory.buffer as experts
 import pytest
 from conftest import FAST
 
 import medbench
-from medbench.cli import main
+import medbench.methods.trajectory.buffer as experts
+from medbench.cli.main import main
 
 MTT = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "max_start_epoch": 2, "expert_epochs": 2,
        "syn_steps": 3, "iterations": 2, "eval_every": 2, "eval_epochs": 2, "lr_img": 10.0, "augment": False}

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medbench.core.errors import DataError, MedbenchError
 from medbench.data import DATASETS, folders, load_dataset
-from medbench.data.folders import COVID_CLASSES, COVID_FOLDER, allocate, load_class_folders, stratified_split
-from medbench.errors import DataError, MedbenchError
+from medbench.data.covid import COVID_CLASSES, COVID_FOLDER
+from medbench.data.folders import allocate, load_class_folders, stratified_split
 from tests.conftest import SHARED_DATA
 
 KAGGLE_SAMPLE = SHARED_DATA / "covid19_radiography" / "kaggle_layout_sample"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import ONE_THREAD, make_arrays, write_npz
 
-from medbench.cli import main
+from medbench.cli.main import main
 from medbench.storage.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")

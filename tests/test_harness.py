@@ -13,12 +13,12 @@ import pytest
 from conftest import FAST, ONE_THREAD
 
 import medbench
-from medbench.errors import CellFailed, MedbenchError
+from medbench.core.errors import CellFailed, MedbenchError
+from medbench.distill.method import METHODS, register_method
 from medbench.evaluation.batched import EvalOptions
-from medbench.method import METHODS, register_method
 from medbench.storage.condensed_io import load_condensed
 from medbench.storage.store import Store
-from medbench.summary import format_summary
+from medbench.storage.summary import format_summary
 
 
 def _run(toy_npz, db, **kw):
@@ -210,7 +210,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(toy_npz, tmp_pa
 
 
 def test_merge_copies_missing_cells_with_their_files(toy_npz, tmp_path, capsys):
-    from medbench.cli import main
+    from medbench.cli.main import main
 
     a = _run(toy_npz, tmp_path / "a" / "r.sqlite", methods=["random"], ipc=[1])
     b = _run(toy_npz, tmp_path / "b" / "r.sqlite", methods=["random"], ipc=[1, 2])
@@ -237,7 +237,7 @@ def test_merge_of_databases_in_one_folder(toy_npz, tmp_path):
 def test_a_field_added_later_keeps_stored_ids_only_at_its_old_behaviour():
     import dataclasses
 
-    from medbench import hparams
+    from medbench.core import hparams
 
     @dataclasses.dataclass(frozen=True)
     class P:

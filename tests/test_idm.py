@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from _synth import make_splits, make_task, without_timings
-from medbench.methods.idm import IDMParams, ModelQueue, class_contiguous, initial_tiles
 
-from medbench import partition
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
+from medbench.distill import partition
+from medbench.distill.method import CondensedSet, get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import evaluate
-from medbench.method import CondensedSet, get_method
+from medbench.methods.idm import IDMParams, ModelQueue, class_contiguous, initial_tiles
 
 FAST = {"iterations": 4, "eval_every": 2, "eval_epochs": 3, "batch_real": 8, "batch_train": 8,
         "model_train_steps": 2, "net_generate_interval": 2, "net_num": 5}

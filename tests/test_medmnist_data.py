@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import write_npz
 
+from medbench.core.errors import DataError, MedbenchError
 from medbench.data import DATASETS, list_datasets, load_dataset
-from medbench.data.catalog import medmnist_file
-from medbench.errors import DataError, MedbenchError
+from medbench.data.medmnist import medmnist_file
 
 EIGHT = ["pathmnist", "dermamnist", "octmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist",
          "organsmnist"]

@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 from conftest import make_arrays, write_npz
+
+from medbench.core.errors import CellFailed, MedbenchError
+from medbench.data import load_dataset
+from medbench.distill.method import DistillTask, get_method
 from medbench.methods.mtt import Diverged, MTTParams
 from medbench.methods.trajectory import FlatParams, Step, build_seeded, match_recompute, match_unrolled, plan_unroll
-
-from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.data import load_dataset
-from medbench.errors import CellFailed, MedbenchError
-from medbench.method import DistillTask, get_method
-from medbench.models import ModelSpec
-from medbench.training import loss_fn
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.models import ModelSpec
+from medbench.nn.training import loss_fn
 
 SPEC = ModelSpec("convnet", {"width": 4})
 LR_IMG = 10.0

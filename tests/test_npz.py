@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import make_arrays, write_npz
 
+from medbench.core.errors import DataError
 from medbench.data import load_dataset
-from medbench.errors import DataError
 
 
 def _load(tmp_path, arrays):

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
+from medbench.core.errors import MedbenchError
 from medbench.data import load_dataset
 from medbench.data.splits import Split
-from medbench.errors import MedbenchError
+from medbench.distill.method import CondensedSet
 from medbench.evaluation import Protocol, classification_metrics, evaluate, model_seeds
 from medbench.evaluation.protocol import train_models
-from medbench.method import CondensedSet
-from medbench.models import ModelSpec
+from medbench.nn.models import ModelSpec
 
 SMALL = Protocol(width=8, epochs=30, eval_models=3, batch_size=16, lr=0.05)
 
@@ -91,7 +91,7 @@ def test_auc_is_nan_with_a_single_class_present():
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"eval_models": 0}, {"augment": "mixup"}])
 def test_bad_protocol_values(bad):
-    from medbench import hparams
+    from medbench.core import hparams
 
     with pytest.raises(MedbenchError):
         hparams.build(Protocol, bad)
@@ -104,7 +104,7 @@ def test_split_class_counts():
 
 def test_zca_sets_are_scored_in_their_whitened_space(toy_npz, monkeypatch):
     import medbench.evaluation.protocol as protocol_module
-    from medbench.whitening import ZCA
+    from medbench.nn.whitening import ZCA
 
     splits = load_dataset(str(toy_npz))
     dim = splits.channels * splits.size * splits.size

@@ -6,17 +6,17 @@ import pytest
 import torch
 from _synth import make_splits, make_task
 from conftest import make_arrays, write_npz
-from medbench.methods import _synthetic as syn
-from medbench.methods import mtt
 
-from medbench.cli import main
-from medbench.errors import MedbenchError
+from medbench.cli.main import main
+from medbench.core.errors import MedbenchError
+from medbench.distill.method import get_method
 from medbench.evaluation import Protocol
-from medbench.evaluation.protocols import PROTOCOLS, changed_fields, named_protocol
+from medbench.evaluation.named import PROTOCOLS, changed_fields, named_protocol
 from medbench.harness.grid import Cell
-from medbench.method import get_method
-from medbench.models import ModelSpec, architecture
-from medbench.models.convnet import ConvNet
+from medbench.methods import mtt
+from medbench.methods import synthetic as syn
+from medbench.nn.models import ModelSpec, architecture
+from medbench.nn.models.convnet import ConvNet
 
 
 def test_the_published_protocols_by_name():
@@ -57,7 +57,8 @@ def test_unknown_protocol_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 def test_grid_file_names_a_protocol_and_options_override_it(tmp_path):
-    from medbench.cli import build_parser, grid_spec_from_args
+    from medbench.cli.gridargs import grid_spec_from_args
+    from medbench.cli.main import build_parser
 
     grid = tmp_path / "g.yaml"
     grid.write_text("datasets: [breastmnist]\nprotocol: dc\neval: {width: 32}\n")

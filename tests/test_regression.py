@@ -12,9 +12,9 @@ from _records import record, store_with
 from conftest import FAST, make_arrays, write_npz
 
 import medbench
-from medbench.cli import main
-from medbench.method import METHODS, CondensedSet, DistillTask, register_method
-from medbench.regression import Tolerance, compare, make_baseline, snapshot
+from medbench.analysis.regression import Tolerance, compare, make_baseline, snapshot
+from medbench.cli.main import main
+from medbench.distill.method import METHODS, CondensedSet, DistillTask, register_method
 from medbench.storage.store import Store
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from _records import record, store_with, write_condensed_npz
 
-from medbench.cli import main
+from medbench.cli.main import main
 from medbench.reports import write_report
 
 

@@ -11,10 +11,12 @@ from _sharing_cells import random_cell
 from conftest import FAST, SHARED_DATA, make_arrays, write_npz
 
 import medbench
-from medbench.cli import main
-from medbench.errors import MedbenchError
+from medbench.cli.main import main
+from medbench.core.errors import MedbenchError
+from medbench.data import package as package_format
+from medbench.data.package import MANIFEST, NPZ, SHEET, verify_package
 from medbench.sharing import export as export_mod
-from medbench.sharing.export import MANIFEST, NPZ, SHEET, export_cell, verify_package
+from medbench.sharing.export import export_cell
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -137,8 +139,8 @@ def test_manifest_cannot_point_outside_the_package(cell, tmp_path):
     secret.write_text("outside")
     manifest = json.loads((pkg / MANIFEST).read_text())
     manifest["files"]["../secret.txt"] = {"sha256": "0" * 64, "bytes": 7}
-    (pkg / MANIFEST).write_text(export_mod.manifest_text({k: v for k, v in manifest.items()
-                                                          if k != export_mod.SELF_HASH_KEY}))
+    (pkg / MANIFEST).write_text(package_format.manifest_text({k: v for k, v in manifest.items()
+                                                          if k != package_format.SELF_HASH_KEY}))
     problems = verify_package(pkg).problems
     assert any("not a plain file name" in p for p in problems)
 

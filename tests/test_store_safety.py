@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 from _records import record, store_with
 
-from medbench.cli import main
-from medbench.errors import MedbenchError
+from medbench.cli.main import main
+from medbench.core.errors import MedbenchError
 from medbench.storage.store import Store
 
 READ_ONLY = [["results", "--db"], ["report", "--out", "OUT", "--db"], ["correlate", "--db"],

@@ -12,12 +12,12 @@ import torch
 from _synth import make_splits, make_task
 from conftest import make_arrays, write_npz
 
-from medbench.cli import main
-from medbench.errors import MedbenchError
-from medbench.method import get_method, list_methods
-from medbench.models import ModelSpec
+from medbench.cli.main import main
+from medbench.core.errors import MedbenchError
+from medbench.distill.method import get_method, list_methods
+from medbench.nn.models import ModelSpec
+from medbench.storage.tuning import TuningRecords, cell_key
 from medbench.tuning import trial as trial_module
-from medbench.tuning.records import TuningRecords, cell_key
 from medbench.tuning.space import Dim, check_space, parse_spaces
 from medbench.tuning.trial import TrialContext, run_trial
 
@@ -183,7 +183,8 @@ def test_a_search_is_identified_by_its_early_stopping_rule_too():
 
 def test_a_relative_data_root_reaches_trials_and_workers_as_an_absolute_path(tmp_path, monkeypatch):
     # Ray trials (and a cluster's workers) do not run in the caller's working directory.
-    from medbench.cli import build_parser, grid_spec_from_args
+    from medbench.cli.gridargs import grid_spec_from_args
+    from medbench.cli.main import build_parser
 
     monkeypatch.chdir(tmp_path)
     spec = grid_spec_from_args(build_parser().parse_args(["tune", "--methods", "dm", "--data-root", "data"]))

@@ -7,29 +7,29 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import medbench.methods.idm as idm_module
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from _records import record, store_with
 from _synth import make_splits, make_task
-from medbench.methods import _synthetic as syn
-from medbench.methods.random_selection import initial_tiles
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from statsmodels.stats.power import TTestPower
 
+import medbench.methods.idm as idm_module
 import medbench.tuning.trial as trial_module
 from medbench.analysis.multiplicity import PRIMARY, SECONDARY, adjust, detectable_effect, t_test_power
 from medbench.analysis.ranking import rank_methods, smallest_wilcoxon_p
 from medbench.analysis.testset import chance_level, resample_weights, weighted_metric
 from medbench.analysis.verdicts import compare, estimate
+from medbench.core.hparams import as_dict
+from medbench.distill.method import CondensedSet, get_method
 from medbench.evaluation import Protocol
 from medbench.harness.grid import Cell, GridSpec, digest, expand
-from medbench.hparams import as_dict
-from medbench.method import CondensedSet, get_method
-from medbench.models import ModelSpec
+from medbench.methods import synthetic as syn
+from medbench.methods.random_selection import initial_tiles
+from medbench.nn.models import ModelSpec
 from medbench.reports import write_report
 from medbench.tuning.trial import TrialContext, run_trial
 

@@ -28,7 +28,7 @@ from scipy import stats
 
 from medbench.analysis.frames import is_baseline
 from medbench.analysis.seeds import gains, seed_means
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
 
 MIN_DATASETS = 3
 NEEDS_MORE = f"needs at least {MIN_DATASETS} datasets"

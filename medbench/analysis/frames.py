@@ -12,10 +12,10 @@ import json
 
 import pandas as pd
 
-from medbench.errors import MedbenchError
-from medbench.evaluation.protocols import changed_fields
-from medbench.hparams import SINCE_KEY, as_dict
-from medbench.method import get_method
+from medbench.core.errors import MedbenchError
+from medbench.core.hparams import SINCE_KEY, as_dict
+from medbench.distill.method import get_method
+from medbench.evaluation.named import changed_fields
 from medbench.storage.store import Store
 
 KEY = ["protocol_id", "dataset", "size", "method", "ipc"]

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from medbench.analysis.frames import POOLED, base_method, old_behaviour, selection_of
-from medbench.errors import MedbenchError
-from medbench.hparams import as_dict
-from medbench.method import get_method
+from medbench.core.errors import MedbenchError
+from medbench.core.hparams import as_dict
+from medbench.distill.method import get_method
 from medbench.storage.condensed_io import locate_condensed
 
 ROW = [*POOLED, "method"]  # a table row: protocol, dataset, size, IPC and the method's display name

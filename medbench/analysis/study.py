@@ -23,7 +23,7 @@ from medbench.analysis.ranking import Ranking, rank_methods
 from medbench.analysis.seeds import seed_means
 from medbench.analysis.testset import BOOTSTRAP_METRICS, N_BOOT, cell_bootstrap, chance_level, resample_weights
 from medbench.analysis.verdicts import FULL, TableVerdict, analyse_table
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
 from medbench.evaluation.metrics import METRICS
 from medbench.storage.store import Store
 

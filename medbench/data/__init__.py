@@ -1,13 +1,12 @@
 """Data layer: registered datasets and npz files in, validated :class:`Splits` out."""
 
-from medbench.data import folders as _folders  # noqa: F401  (registers covid19_radiography)
-from medbench.data.catalog import (
+from medbench.data.catalog import load_dataset
+from medbench.data.registry import (
     DATASETS,
     DEFAULT_DATA_ROOT,
     DatasetSource,
     LoadRequest,
     list_datasets,
-    load_dataset,
     register_dataset,
 )
 from medbench.data.splits import Split, Splits

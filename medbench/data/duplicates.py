@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medbench.core.files import atomic_open
 from medbench.data.cache import fallback_root, may_write
 from medbench.data.splits import Split, Splits
-from medbench.storage.files import atomic_open
 
 CACHE_DIR = "medbench_hashes"
 SPLITS = ("train", "val", "test")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medbench.core.errors import DataError
 from medbench.data.splits import Split, Splits, channel_stats
-from medbench.errors import DataError
 
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))

@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from medbench.augment import Params, SiameseAugment
-from medbench.devices import to_device
-from medbench.errors import MedbenchError
-from medbench.models import ModelSpec
-from medbench.models.convnet import ConvNet
-from medbench.training import Augment, TrainingDiverged, apply_schedule, divergence_check_due
+from medbench.core.devices import to_device
+from medbench.core.errors import MedbenchError
+from medbench.nn.augment import Params, SiameseAugment
+from medbench.nn.models import ModelSpec
+from medbench.nn.models.convnet import ConvNet
+from medbench.nn.training import Augment, TrainingDiverged, apply_schedule, divergence_check_due
 
 BATCHINGS = ("auto", "sequential", "vmap", "grouped")
 

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from medbench import hparams
-from medbench.augment import AugmentConfig, SiameseAugment
+from medbench.core import hparams
+from medbench.core.errors import CellFailed
+from medbench.core.hparams import check
 from medbench.data.splits import Splits
-from medbench.errors import CellFailed
+from medbench.distill.method import CondensedSet
 from medbench.evaluation.batched import (
     DEFAULT_OPTIONS,
     Ensemble,
@@ -30,11 +31,10 @@ from medbench.evaluation.batched import (
     train_stacked,
 )
 from medbench.evaluation.metrics import classification_metrics
-from medbench.hparams import check
-from medbench.method import CondensedSet
-from medbench.models import ModelSpec, architecture
-from medbench.training import Augment, TrainingDiverged, predict_proba, train_network
-from medbench.whitening import ZCA
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.models import ModelSpec, architecture
+from medbench.nn.training import Augment, TrainingDiverged, predict_proba, train_network
+from medbench.nn.whitening import ZCA
 
 
 def _dsa(channels: int) -> Augment:
@@ -61,7 +61,7 @@ HARD_LABELS = "hard_labels_"
 
 @dataclass(frozen=True)
 class Protocol:
-    """How condensed sets are evaluated: a named protocol (:mod:`medbench.evaluation.protocols`) and
+    """How condensed sets are evaluated: a named protocol (:mod:`medbench.evaluation.named`) and
     any fields changed from it. The defaults are the ``dsa`` protocol (the DSA, DM and MTT papers'
     evaluation: 1,000 epochs with DSA augmentation); ``name`` says which protocol the settings
     started from and is not part of the identity (:meth:`identity`): equal settings are one protocol.

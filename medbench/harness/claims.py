@@ -29,7 +29,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
 from medbench.storage.store import CLAIMS as SCHEMA
 
 TTL_SECONDS = 120.0

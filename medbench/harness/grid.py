@@ -9,15 +9,16 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from medbench import hparams
-from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES, is_path_reference
-from medbench.errors import MedbenchError
+from medbench.core import hparams
+from medbench.core.errors import MedbenchError
+from medbench.core.hparams import as_dict
+from medbench.data.catalog import is_path_reference
+from medbench.data.registry import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES
+from medbench.distill.method import DEFAULT_SELECTION, SELECTION_METRICS, get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, compile_options
-from medbench.hparams import as_dict
-from medbench.method import DEFAULT_SELECTION, SELECTION_METRICS, get_method
+from medbench.storage.store import DEFAULT_DB
 
-DEFAULT_DB = Path("results/medbench.sqlite")
 MAX_SEED = 2**32 - 1
 
 
@@ -71,7 +72,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class GridSpec:
-    """Everything one ``medbench run`` needs; the CLI and ``medbench.run`` both build one."""
+    """Everything one ``medbench run`` needs; the CLI and ``medbench.harness`` both build one."""
 
     methods: tuple[str, ...] = ("random",)
     # names or paths; an entry may carry its own size as (ref, size)
@@ -228,7 +229,7 @@ def _iterates(method: Any) -> bool:
 def _with_tuning(cells: list[Cell], db: Path) -> list[Cell]:
     """Cells with the configuration ``medbench tune`` chose for their method, dataset, size and IPC
     (merged over the grid's parameters); one line per key that has none."""
-    from medbench.tuning.records import TuningRecords, cell_key
+    from medbench.storage.tuning import TuningRecords, cell_key
 
     records = TuningRecords(db, readonly=True) if db.is_file() and db.stat().st_size else None
     out, missing, mismatched = [], {}, {}

@@ -28,8 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medbench.errors import MedbenchError
-from medbench.storage.files import read_yaml
+from medbench.core.errors import MedbenchError
+from medbench.core.files import read_yaml
 
 # Keys taken as they are, with their type (the others are parsed below: lists, paths, the protocol).
 PLAIN_TYPES: dict[str, type] = {"size": int, "download": bool, "device": str, "retry_failed": bool, "workers": int,

@@ -30,22 +30,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from medbench.core.devices import resolve_device
+from medbench.core.errors import CellFailed, GridUnfinished, MedbenchError
+from medbench.core.files import check_writable
+from medbench.core.signals import check as check_signals
 from medbench.data import duplicates
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
-from medbench.devices import resolve_device
-from medbench.errors import CellFailed, GridUnfinished, MedbenchError
+from medbench.distill.method import CondensedSet, DistillTask, get_method
 from medbench.evaluation import ModelScore, evaluate
 from medbench.evaluation.batched import compile_options
 from medbench.harness.claims import Claims
 from medbench.harness.grid import Cell, GridSpec, added_baselines, expand
-from medbench.launch import check as check_signals
-from medbench.method import CondensedSet, DistillTask, get_method
 from medbench.storage.condensed_io import save_condensed
-from medbench.storage.files import check_writable
 from medbench.storage.provenance import environment
 from medbench.storage.store import CellRecord, ModelRow, Store
-from medbench.summary import summarize
+from medbench.storage.summary import summarize
 
 Outcome = tuple[CellRecord, CondensedSet | None]
 

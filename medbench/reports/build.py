@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from medbench.analysis import ddranking
-from medbench.analysis.correlation import Correlation, correlate, correlation_frame, gain_frame, paired_points
+from medbench.analysis.correlation import correlate, correlation_frame, gain_frame, paired_points
 from medbench.analysis.frames import describe_protocol, model_scores, protocol_name, protocols, short_protocol
 from medbench.analysis.study import DEFAULT_METRIC, METRIC_NAMES, Study, analyse
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
+from medbench.core.files import check_writable
 from medbench.reports import figures
 from medbench.reports.compute import budget_frame, equal_budget_table
 from medbench.reports.page import leaderboard_markdown, report_html
 from medbench.reports.published import Reference, comparison_table, settings_table
+from medbench.reports.section import Section
 from medbench.reports.tables import (
     HLR_NOTE,
     Table,
@@ -41,7 +43,6 @@ from medbench.reports.tables import (
 from medbench.reports.tuned import tuned_table
 from medbench.reports.verdicts import headline, ranking_table, summary_lines, table_notes
 from medbench.storage.condensed_io import locate_condensed
-from medbench.storage.files import check_writable
 from medbench.storage.store import TRUTH, Store
 
 MAX_GRIDS = 80  # image mosaics per report; beyond this the page gets too heavy to read
@@ -53,37 +54,6 @@ class ReportFiles:
     results: Path
     html: Path
     predictions: Path | None = None
-
-
-@dataclass
-class Section:
-    """Everything shown for one protocol."""
-
-    protocol_id: str
-    title: str  # the protocol by name and what was changed from it
-    description: str
-    caption: str
-    headline: str
-    verdicts: list[str]
-    datasets: list[Table]
-    correlation: Table
-    correlation_note: str
-    gains: Table
-    gains_note: str
-    results: list[Correlation]
-    agg: pd.DataFrame
-    notes: list[str]
-    ranking: Table | None = None
-    published: list[Table] = field(default_factory=list)  # with --reference: the paper's numbers beside ours
-    compute: pd.DataFrame | None = None  # per-seed scores within distillation budgets (reports.compute)
-    equal_budget: Table | None = None
-    tuned: Table | None = None  # tuned against default rows (reports.tuned)
-    # Figures (base64 PNG) and image mosaics (HTML blocks), filled for the HTML page only.
-    cd_figure: str | None = None
-    ipc_figure: str | None = None
-    scatter_figure: str | None = None
-    anytime_figure: str | None = None
-    grids: list[str] = field(default_factory=list)
 
 
 def tidy_results(store: Store) -> pd.DataFrame:

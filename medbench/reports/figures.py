@@ -20,9 +20,9 @@ from PIL import Image
 
 from medbench.analysis.correlation import Correlation
 from medbench.analysis.ranking import Ranking
-from medbench.errors import DataError
+from medbench.core.errors import DataError
+from medbench.core.files import npz_arrays
 from medbench.reports.tables import method_order
-from medbench.storage.files import npz_arrays
 
 plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
                      "axes.grid": True, "grid.alpha": 0.25, "figure.dpi": 100})

@@ -8,15 +8,12 @@ from __future__ import annotations
 import html
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from jinja2 import Environment
 from markupsafe import Markup
 
+from medbench.reports.section import Section
 from medbench.reports.tables import Table
-
-if TYPE_CHECKING:
-    from medbench.reports.build import Section
 
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6474;--line:#e3e7ee;--accent:#2f6fdf;--bg:#f6f8fb}

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from medbench.analysis.frames import base_method
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
 from medbench.harness.gridfile import PRESET_PACKAGE
 from medbench.reports.tables import Table, method_order, pm
 

@@ -15,9 +15,9 @@ from medbench.analysis.multiplicity import ALPHA, POWER, PRIMARY, SECONDARY
 from medbench.analysis.ranking import Ranking
 from medbench.analysis.study import METRIC_NAMES, Study
 from medbench.analysis.verdicts import TableVerdict
-from medbench.errors import MedbenchError
-from medbench.hparams import as_dict
-from medbench.method import get_method
+from medbench.core.errors import MedbenchError
+from medbench.core.hparams import as_dict
+from medbench.distill.method import get_method
 from medbench.reports.tables import Table
 
 

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from medbench.data.catalog import DEFAULT_DATA_ROOT
+from medbench.core.devices import resolve_device
+from medbench.core.files import npz_arrays
+from medbench.data.registry import DEFAULT_DATA_ROOT
 from medbench.data.splits import Splits
-from medbench.devices import resolve_device
 from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import model_seeds
+from medbench.nn.training import train_network
 from medbench.sharing.export import _finite, check_out_dir
 from medbench.sharing.figures import pairs_sheet
-from medbench.sharing.stored import class_names, load_cell_splits, open_store, resolve_cell
-from medbench.storage.files import npz_arrays
-from medbench.training import train_network
+from medbench.storage.stored import class_names, load_cell_splits, open_store, resolve_cell
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medbench.core.errors import DataError
+from medbench.core.files import atomic_open, npz_arrays
 from medbench.data.splits import denormalize
-from medbench.errors import DataError
-from medbench.method import CondensedSet
-from medbench.storage.files import atomic_open, npz_arrays
+from medbench.distill.method import CondensedSet
 
 
 def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], std: Sequence[float]) -> int:

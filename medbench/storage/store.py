@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 """
 
+
+DEFAULT_DB = Path("results/medbench.sqlite")  # where `medbench run` stores results unless --db says otherwise
 
 CLAIMS = "CREATE TABLE IF NOT EXISTS claims (cell_id TEXT PRIMARY KEY, owner TEXT NOT NULL, heartbeat REAL NOT NULL)"
 # Per-image test predictions of every evaluation network (int16 class indices), for intervals that

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from medbench.errors import MedbenchError
+from medbench.core.errors import MedbenchError
 from medbench.harness.grid import digest
-from medbench.tuning.records import Trial, TuningRecords, cell_key
+from medbench.storage.tuning import Trial, TuningRecords, cell_key
 from medbench.tuning.space import Dim
 from medbench.tuning.trial import TrialContext, run_trial
 

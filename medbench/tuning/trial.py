@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
+from medbench.core.devices import resolve_device
+from medbench.core.errors import CellFailed, MedbenchError
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
-from medbench.devices import resolve_device
-from medbench.errors import CellFailed, MedbenchError
-from medbench.method import SELECTION_METRICS, DistillTask, get_method
-from medbench.models import ModelSpec
+from medbench.distill.method import SELECTION_METRICS, DistillTask, get_method
+from medbench.nn.models import ModelSpec
 
 OBJECTIVES = SELECTION_METRICS
 

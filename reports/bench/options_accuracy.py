@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from medbench.bench import OPTION_VARIANTS
+from medbench.bench.measure import OPTION_VARIANTS
+from medbench.core.devices import resolve_device
 from medbench.data.catalog import load_dataset
-from medbench.devices import resolve_device
+from medbench.distill.method import DistillTask, get_method
 from medbench.evaluation.protocol import Protocol, evaluate
-from medbench.method import DistillTask, get_method
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Compare the stored trials and choices of two tuning databases."""
 import sys
 
-from medbench.tuning.records import TuningRecords
+from medbench.storage.tuning import TuningRecords
 
 a, b = (TuningRecords(p) for p in sys.argv[1:3])
 ta, tb = a.trials(), b.trials()

@@ -35,10 +35,10 @@ def measure(implementation: str, steps: int, *, classes: int = 8, ipc: int = 10,
             threads: int | None = None) -> dict[str, Any]:
     """One iteration (forward unroll + gradient) in *this* process; call it in a fresh one."""
     import torch
-    from medbench.methods.trajectory import IMPLEMENTATIONS, FlatParams, build_seeded, plan_unroll
 
-    from medbench.augment import AugmentConfig, SiameseAugment
-    from medbench.models import ModelSpec
+    from medbench.methods.trajectory import IMPLEMENTATIONS, FlatParams, build_seeded, plan_unroll
+    from medbench.nn.augment import AugmentConfig, SiameseAugment
+    from medbench.nn.models import ModelSpec
 
     if threads:
         torch.set_num_threads(threads)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medbench.methods import _synthetic as syn
+
+from medbench.data.splits import Split
+from medbench.distill.method import DistillTask
+from medbench.methods import synthetic as syn
 from medbench.methods.dc import DISTANCES, gradient_loss
 from medbench.methods.dm import matching_loss
-
-from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.data.splits import Split
-from medbench.method import DistillTask
-from medbench.models import ModelSpec
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.models import ModelSpec
 
 CLASSES, IPC, SIZE, BATCH_REAL = 8, 10, 28, 256
 

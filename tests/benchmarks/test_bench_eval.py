@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.models import ModelSpec
-from medbench.training import train_network
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.models import ModelSpec
+from medbench.nn.training import train_network
 
 CLASSES, IPC, SIZE, CHANNELS = 8, 10, 28, 3
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from medbench.methods.trajectory import IMPLEMENTATIONS, FlatParams, build_seeded, plan_unroll
 from mtt_memory import probe
 
-from medbench.augment import AugmentConfig, SiameseAugment
-from medbench.models import ModelSpec
+from medbench.methods.trajectory import IMPLEMENTATIONS, FlatParams, build_seeded, plan_unroll
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.models import ModelSpec
 
 
 @pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))

@@ -1,9 +1,13 @@
 """DC outer step with per-class real gradients in a loop vs one vmapped call (H200, width 128)."""
-import functools, statistics, time
+import functools
+import statistics
+import time
+
 import torch
+
 import medbench.methods.dc as dc
-from medbench.bench import Settings, _splits, _task
-from medbench.methods import _synthetic as syn
+from medbench.bench.measure import Settings, _splits, _task
+from medbench.methods import synthetic as syn
 
 orig = dc.real_gradients
 s, dev = Settings(), torch.device("cuda")

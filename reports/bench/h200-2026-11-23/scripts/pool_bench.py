@@ -1,8 +1,10 @@
 """grouped trainer with nn.AvgPool2d (before) and MeanPool2x2 (after), K = 10, width 128, 50 epochs."""
 import time
+
 import torch
+
 import medbench.evaluation.batched as B
-from medbench.bench import Settings, _condensed, _spec
+from medbench.bench.measure import Settings, _condensed, _spec
 from medbench.evaluation.protocol import model_seeds, train_models
 
 s, dev = Settings(), torch.device("cuda")

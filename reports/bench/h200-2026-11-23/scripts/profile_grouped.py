@@ -1,11 +1,12 @@
 import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import medbench.evaluation.batched as B
-from medbench.bench import Settings, _condensed, _spec
+from medbench.bench.measure import Settings, _condensed, _spec
 from medbench.evaluation.protocol import model_seeds, train_models
 
 s, dev = Settings(), torch.device("cuda")

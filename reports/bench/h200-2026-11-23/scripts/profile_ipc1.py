@@ -1,6 +1,7 @@
 import torch
 from torch.profiler import ProfilerActivity, profile
-from medbench.bench import Settings, _condensed, _spec
+
+from medbench.bench.measure import Settings, _condensed, _spec
 from medbench.evaluation.protocol import model_seeds, train_models
 
 s, dev = Settings(), torch.device("cuda")
