@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from medbench.data.registry import DEFAULT_DATA_ROOT
-from medbench.distill.method import DEFAULT_SELECTION
+from medbench.distill.contract import DEFAULT_SELECTION
 from medbench.evaluation.named import DEFAULT_PROTOCOL, named_protocol
 from medbench.harness.grid import GridSpec
 from medbench.harness.runner import run_grid

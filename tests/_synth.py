@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from medbench.data.splits import Split, Splits
-from medbench.distill.method import CondensedSet, DistillTask
+from medbench.distill.contract import CondensedSet, DistillTask
 from medbench.nn.models import ModelSpec
 from medbench.nn.training import accuracy, train_network
 

@@ -120,7 +120,7 @@ def test_protocol_accepts_dsa_eval_augmentation() -> None:
 def test_protocol_trains_with_dsa_augmentation(monkeypatch) -> None:
     from _synth import make_splits
 
-    from medbench.distill.method import CondensedSet
+    from medbench.distill.contract import CondensedSet
     from medbench.evaluation.protocol import evaluate
 
     calls = []

@@ -17,7 +17,7 @@ import torch
 
 from medbench.core.errors import MedbenchError
 from medbench.data import load_dataset
-from medbench.distill.method import CondensedSet
+from medbench.distill.contract import CondensedSet
 from medbench.evaluation import Protocol, evaluate, model_seeds
 from medbench.evaluation.batched import (
     SMALL_STEP_IMAGES,

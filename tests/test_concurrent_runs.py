@@ -19,7 +19,7 @@ import os, time
 
 
 def _register():
-    from medbench.distill.method import get_method, register_method
+    from medbench.distill.contract import get_method, register_method
 
     @register_method("counted")
     def counted(task, params):

@@ -10,7 +10,7 @@ import torch
 from _synth import make_splits, make_task
 
 from medbench.core.errors import MedbenchError
-from medbench.distill.method import get_method, list_methods
+from medbench.distill.contract import get_method, list_methods
 from medbench.methods.coresets import herding_order, kcenter_order
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from medbench.data import DATASETS
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.evaluation import Protocol
 from medbench.methods.mtt import MTTParams
 

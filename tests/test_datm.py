@@ -13,7 +13,7 @@ from test_mtt import tiny_problem
 
 from medbench.core.errors import MedbenchError
 from medbench.data import load_dataset
-from medbench.distill.method import DistillTask, get_method
+from medbench.distill.contract import DistillTask, get_method
 from medbench.methods.datm import DATMParams, teacher_start, upper_bound
 from medbench.methods.trajectory import (
     Matching,

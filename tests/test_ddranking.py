@@ -13,7 +13,7 @@ from _synth import make_splits
 
 from medbench.analysis import ddranking
 from medbench.core.errors import MedbenchError
-from medbench.distill.method import CondensedSet
+from medbench.distill.contract import CondensedSet
 from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import HARD_LABELS, evaluate
 from medbench.reports import write_report

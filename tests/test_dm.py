@@ -7,7 +7,7 @@ import torch
 from _synth import held_out_accuracy, make_splits, make_task, without_timings
 
 from medbench.core.errors import MedbenchError
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.methods import synthetic as syn
 from medbench.methods.dm import matching_loss
 from medbench.nn.augment import AugmentConfig, SiameseAugment

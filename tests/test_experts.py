@@ -12,7 +12,7 @@ from conftest import make_arrays, write_npz
 
 from medbench.core.errors import MedbenchError
 from medbench.data import load_dataset
-from medbench.distill.method import DistillTask
+from medbench.distill.contract import DistillTask
 from medbench.methods.trajectory import (
     ExpertBuffer,
     ExpertConfig,

@@ -14,7 +14,7 @@ from conftest import FAST, ONE_THREAD
 
 import medbench
 from medbench.core.errors import CellFailed, MedbenchError
-from medbench.distill.method import METHODS, register_method
+from medbench.distill.contract import METHODS, register_method
 from medbench.evaluation.batched import EvalOptions
 from medbench.storage.condensed_io import load_condensed
 from medbench.storage.store import Store

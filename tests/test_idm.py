@@ -8,7 +8,7 @@ from _synth import make_splits, make_task, without_timings
 
 from medbench.core.errors import MedbenchError
 from medbench.distill import partition
-from medbench.distill.method import CondensedSet, get_method
+from medbench.distill.contract import CondensedSet, get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.protocol import evaluate
 from medbench.methods.idm import IDMParams, ModelQueue, class_contiguous, initial_tiles

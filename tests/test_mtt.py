@@ -10,7 +10,7 @@ from conftest import make_arrays, write_npz
 
 from medbench.core.errors import CellFailed, MedbenchError
 from medbench.data import load_dataset
-from medbench.distill.method import DistillTask, get_method
+from medbench.distill.contract import DistillTask, get_method
 from medbench.methods.mtt import Diverged, MTTParams
 from medbench.methods.trajectory import FlatParams, Step, build_seeded, match_recompute, match_unrolled, plan_unroll
 from medbench.nn.augment import AugmentConfig, SiameseAugment

@@ -5,7 +5,7 @@ import torch
 from medbench.core.errors import MedbenchError
 from medbench.data import load_dataset
 from medbench.data.splits import Split
-from medbench.distill.method import CondensedSet
+from medbench.distill.contract import CondensedSet
 from medbench.evaluation import Protocol, classification_metrics, evaluate, model_seeds
 from medbench.evaluation.protocol import train_models
 from medbench.nn.models import ModelSpec

@@ -9,7 +9,7 @@ from conftest import make_arrays, write_npz
 
 from medbench.cli.main import main
 from medbench.core.errors import MedbenchError
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.named import PROTOCOLS, changed_fields, named_protocol
 from medbench.harness.grid import Cell

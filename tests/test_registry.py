@@ -6,7 +6,7 @@ import pytest
 import medbench
 from medbench.core.errors import MedbenchError
 from medbench.core.registry import Registry
-from medbench.distill.method import METHODS, CondensedSet, register_method
+from medbench.distill.contract import METHODS, CondensedSet, register_method
 
 
 def test_builtin_methods_are_listed_and_glob():
@@ -42,7 +42,7 @@ def test_decorator_registers_and_describes():
 def test_entry_point_plugin_registers_a_method(tmp_path, monkeypatch):
     # A real installed distribution on sys.path, discovered by importlib.metadata.
     (tmp_path / "toy_plugin.py").write_text(textwrap.dedent('''
-        from medbench.distill.method import CondensedSet, register_method
+        from medbench.distill.contract import CondensedSet, register_method
 
         @register_method("toy_plugin_method")
         def toy(task, params):

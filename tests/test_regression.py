@@ -14,7 +14,7 @@ from conftest import FAST, make_arrays, write_npz
 import medbench
 from medbench.analysis.regression import Tolerance, compare, make_baseline, snapshot
 from medbench.cli.main import main
-from medbench.distill.method import METHODS, CondensedSet, DistillTask, register_method
+from medbench.distill.contract import METHODS, CondensedSet, DistillTask, register_method
 from medbench.storage.store import Store
 
 

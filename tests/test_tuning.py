@@ -14,7 +14,7 @@ from conftest import make_arrays, write_npz
 
 from medbench.cli.main import main
 from medbench.core.errors import MedbenchError
-from medbench.distill.method import get_method, list_methods
+from medbench.distill.contract import get_method, list_methods
 from medbench.nn.models import ModelSpec
 from medbench.storage.tuning import TuningRecords, cell_key
 from medbench.tuning import trial as trial_module

@@ -24,7 +24,7 @@ from medbench.analysis.ranking import rank_methods, smallest_wilcoxon_p
 from medbench.analysis.testset import chance_level, resample_weights, weighted_metric
 from medbench.analysis.verdicts import compare, estimate
 from medbench.core.hparams import as_dict
-from medbench.distill.method import CondensedSet, get_method
+from medbench.distill.contract import CondensedSet, get_method
 from medbench.evaluation import Protocol
 from medbench.harness.grid import Cell, GridSpec, digest, expand
 from medbench.methods import synthetic as syn

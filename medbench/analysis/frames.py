@@ -14,7 +14,7 @@ import pandas as pd
 
 from medbench.core.errors import MedbenchError
 from medbench.core.hparams import SINCE_KEY, as_dict
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.evaluation.named import changed_fields
 from medbench.storage.store import Store
 

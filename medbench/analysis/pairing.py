@@ -24,7 +24,7 @@ import pandas as pd
 from medbench.analysis.frames import POOLED, base_method, old_behaviour, selection_of
 from medbench.core.errors import MedbenchError
 from medbench.core.hparams import as_dict
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.storage.condensed_io import locate_condensed
 
 ROW = [*POOLED, "method"]  # a table row: protocol, dataset, size, IPC and the method's display name

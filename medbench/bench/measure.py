@@ -23,7 +23,7 @@ import torch
 from medbench.data.splits import Split, Splits
 from medbench.evaluation.batched import COMPILE_MODES, EvalOptions, choose_batching
 from medbench.evaluation.protocol import model_seeds, train_models
-from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.augment import dsa
 from medbench.nn.models import ModelSpec
 
 DEFAULT_OUT = Path("reports/bench")
@@ -248,7 +248,7 @@ def bench_dc(s: Settings, device: torch.device, log: Callable[[str], None]) -> l
     return rows
 
 def _task(splits: Splits, s: Settings, ipc: int) -> Any:
-    from medbench.distill.method import DistillTask
+    from medbench.distill.contract import DistillTask
 
     return DistillTask(train=splits.train, val=splits.val, num_classes=s.classes, ipc=ipc, seed=0,
                        device=splits.device, normalize=splits.normalize, model=_spec(s))
@@ -260,7 +260,7 @@ def bench_dm(s: Settings, device: torch.device, log: Callable[[str], None]) -> l
 
     rows = []
     splits = _splits(s, s.classes * s.batch_real, device)
-    aug = SiameseAugment(AugmentConfig(), s.channels)
+    aug = dsa(s.channels)
     for ipc in s.ipcs:
         task = _task(splits, s, ipc)
         images = syn.initial_set(task, "real")[0].requires_grad_(True)
@@ -294,7 +294,7 @@ def mtt_child(settings: dict[str, Any]) -> dict[str, Any]:
     start = net.flatten().to(device)
     target = start + 0.01 * torch.randn(net.size, generator=g).to(device)
     images, labels = _condensed(s, ipc, device)
-    aug = SiameseAugment(AugmentConfig(), s.channels)
+    aug = dsa(s.channels)
     lr = torch.tensor(0.01, device=device)
     match = IMPLEMENTATIONS["tesla"]
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medbench.core.errors import MedbenchError
 from medbench.data.catalog import DATASETS, DEFAULT_DATA_ROOT
-from medbench.distill.method import get_method, list_methods
+from medbench.distill.contract import get_method, list_methods
 from medbench.evaluation.named import DEFAULT_PROTOCOL, PROTOCOLS
 
 

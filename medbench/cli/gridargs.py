@@ -13,7 +13,7 @@ from medbench.core import hparams
 from medbench.core.errors import MedbenchError
 from medbench.core.files import read_yaml
 from medbench.data.registry import DEFAULT_DATA_ROOT
-from medbench.distill.method import SELECTION_METRICS
+from medbench.distill.contract import SELECTION_METRICS
 from medbench.evaluation import Protocol
 from medbench.evaluation.named import DEFAULT_PROTOCOL, PROTOCOLS, named_protocol
 from medbench.harness.grid import GridSpec

@@ -13,7 +13,7 @@ from medbench.core import hparams
 from medbench.core.errors import MedbenchError
 from medbench.core.files import check_writable
 from medbench.data.registry import DEFAULT_DATA_ROOT
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, COMPILE_MODES
 from medbench.storage.store import DEFAULT_DB

@@ -14,7 +14,7 @@ from medbench.cli.gridargs import add_grid_arguments, grid_spec_from_args
 from medbench.cli.types import positive
 from medbench.core.errors import MedbenchError
 from medbench.core.files import check_writable, read_yaml
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.harness.grid import expand
 from medbench.tuning.space import SearchSpace, check_space, parse_spaces
 from medbench.tuning.trial import TrialContext

@@ -1,7 +1,7 @@
 """The contract every distillation method implements: a :class:`DistillTask` in, a
 :class:`CondensedSet` out, registered with :func:`register_method`."""
 
-from medbench.distill.method import (
+from medbench.distill.contract import (
     DEFAULT_SELECTION,
     METHODS,
     SELECTION_METRICS,

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from medbench.core import hparams
+from medbench.core import hparams, seeds
 from medbench.core.errors import CellFailed
 from medbench.core.hparams import check
 from medbench.data.splits import Splits
-from medbench.distill.method import CondensedSet
+from medbench.distill.contract import CondensedSet
 from medbench.evaluation.batched import (
     DEFAULT_OPTIONS,
     Ensemble,
@@ -31,14 +31,14 @@ from medbench.evaluation.batched import (
     train_stacked,
 )
 from medbench.evaluation.metrics import classification_metrics
-from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.augment import dsa
 from medbench.nn.models import ModelSpec, architecture
 from medbench.nn.training import Augment, TrainingDiverged, predict_proba, train_network
 from medbench.nn.whitening import ZCA
 
 
 def _dsa(channels: int) -> Augment:
-    return SiameseAugment(AugmentConfig(), channels)
+    return dsa(channels)
 
 
 # Evaluation-time augmentation by name: a factory from the number of channels to an augment.
@@ -141,12 +141,12 @@ class ModelScore:
 
 def model_seeds(seed: int, count: int) -> list[int]:
     """Independent, reproducible seeds for the K evaluation networks of one cell."""
-    return [int(s) for s in np.random.SeedSequence([seed, 0x5EED]).generate_state(count)]
+    return [int(s) for s in np.random.SeedSequence([seed, seeds.EVAL_MODELS]).generate_state(count)]
 
 
 def _training_seed(model_seed: int) -> int:
     """The global-RNG seed while a network trains: its own stream, not a replay of its initialisation's."""
-    return int(np.random.SeedSequence([model_seed, 0xD20]).generate_state(1)[0])
+    return int(np.random.SeedSequence([model_seed, seeds.EVAL_TRAINING]).generate_state(1)[0])
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from medbench.core.errors import MedbenchError
 from medbench.core.hparams import as_dict
 from medbench.data.catalog import is_path_reference
 from medbench.data.registry import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES
-from medbench.distill.method import DEFAULT_SELECTION, SELECTION_METRICS, get_method
+from medbench.distill.contract import DEFAULT_SELECTION, SELECTION_METRICS, get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, compile_options
 from medbench.storage.store import DEFAULT_DB

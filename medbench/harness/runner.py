@@ -37,7 +37,7 @@ from medbench.core.signals import check as check_signals
 from medbench.data import duplicates
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
-from medbench.distill.method import CondensedSet, DistillTask, get_method
+from medbench.distill.contract import CondensedSet, DistillTask, get_method
 from medbench.evaluation import ModelScore, evaluate
 from medbench.evaluation.batched import compile_options
 from medbench.harness.claims import Claims

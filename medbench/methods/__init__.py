@@ -1,2 +1,2 @@
 """Built-in distillation methods. Each module registers its methods when imported; the registry
-(:data:`medbench.distill.method.BUILTIN_METHODS`) imports them by name on first lookup."""
+(:data:`medbench.distill.contract.BUILTIN_METHODS`) imports them by name on first lookup."""

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
+from medbench.core import seeds
 from medbench.core.hparams import check
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.core.seeds import generator_for
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.nn.training import train_network
 
 from . import synthetic as syn
-
-_EMBED = 4  # seed stream of the embedding network (0-3 are used elsewhere in methods/)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class CoresetParams:
 @torch.no_grad()
 def embeddings(task: DistillTask, params: CoresetParams, batch_size: int = 1024) -> torch.Tensor:
     """(N_train, D) penultimate features of the task's network trained on the real training split."""
-    generator = syn.generator_for(task.seed, _EMBED, 0)
+    generator = generator_for(task.seed, seeds.EMBED, 0)
     net = syn.fresh_model(task, generator)
     images = task.normalize(task.train.images)
     if params.embed_epochs:

@@ -34,17 +34,18 @@ from dataclasses import dataclass
 
 import torch
 
+from medbench.core import seeds
 from medbench.core.devices import to_device
 from medbench.core.errors import CellFailed, MedbenchError
 from medbench.core.hparams import check
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.core.seeds import derived_seed
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
 from medbench.methods.mtt import MTTParams, check_loop_params
 from medbench.methods.trajectory import (
     BufferParams,
     ExpertBuffer,
     Matching,
-    derived_seed,
     match_trajectories,
     open_buffer,
     prepare_buffer,
@@ -110,7 +111,7 @@ def teacher_start(task: DistillTask, buffer: ExpertBuffer, *, correct_only: bool
     logits, right = teacher_logits(task, buffer, task.real(indices), labels, zca)
     if correct_only and not bool(right.all()):
         order = torch.randperm(len(task.train.labels), generator=torch.Generator().manual_seed(
-            derived_seed(task.seed, 0xDA7)))
+            derived_seed(task.seed, seeds.DATM_ORDER)))
         indices = indices.clone()
         for c in range(task.num_classes):
             slots = [int(i) for i in torch.nonzero((labels == c) & ~right).flatten()]

@@ -27,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 
 from medbench.core.devices import to_device
 from medbench.core.hparams import check
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
 from medbench.nn.augment import SiameseAugment
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from medbench.core.errors import MedbenchError
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
 from medbench.nn.augment import SiameseAugment
 

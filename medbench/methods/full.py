@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 
 
 @register_method("full", uses_ipc=False, selects=False)

@@ -35,16 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medbench.core import seeds
 from medbench.core.hparams import check
+from medbench.core.seeds import generator_for
 from medbench.distill import partition
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
 
 from . import synthetic as syn
 from .dm import embedding_gap
 from .random_selection import initial_tiles
-
-_QUEUE = 6  # seed stream (0-5 are used elsewhere in methods/)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class ModelQueue:
     def _push(self) -> None:
         if len(self.nets) == self.params.net_num:
             self.nets.pop(0)
-        net = syn.fresh_model(self.task, syn.generator_for(self.task.seed, _QUEUE, 0, self.created))
+        net = syn.fresh_model(self.task, generator_for(self.task.seed, seeds.QUEUE, 0, self.created))
         self.created += 1
         net.train()
         optimizer = torch.optim.SGD(net.parameters(), lr=self.params.lr_net, momentum=0.9, weight_decay=5e-4)
@@ -112,13 +112,13 @@ class ModelQueue:
         """The queue's start-of-iteration update and the networks to match under."""
         if iteration % self.params.net_generate_interval == 0:
             self._push()
-        g = syn.generator_for(self.task.seed, _QUEUE, 1, iteration)
+        g = generator_for(self.task.seed, seeds.QUEUE, 1, iteration)
         order = torch.randperm(len(self.nets), generator=g).tolist()
         return [self.nets[i] for i in order[: self.params.train_net_num]]
 
     def after(self, iteration: int) -> None:
         """Train ``fetch_net_num`` queued networks a few steps on real batches."""
-        g = syn.generator_for(self.task.seed, _QUEUE, 2, iteration)
+        g = generator_for(self.task.seed, seeds.QUEUE, 2, iteration)
         order = torch.randperm(len(self.nets), generator=g).tolist()
         task = self.task
         for i in order[: self.params.fetch_net_num]:

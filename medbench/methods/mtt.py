@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from medbench.core.hparams import SINCE_KEY, check
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
 from medbench.methods import synthetic as syn
 from medbench.methods.trajectory import (

@@ -26,7 +26,7 @@ from medbench.core.errors import MedbenchError
 from medbench.core.files import npz_arrays
 from medbench.data.package import MANIFEST, NPZ, require_valid
 from medbench.data.splits import Splits
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 
 
 def is_package(path: Path | str) -> bool:

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
+from medbench.core import seeds
 from medbench.core.hparams import check
+from medbench.core.seeds import generator_for
 from medbench.distill import partition
-from medbench.distill.method import CondensedSet, DistillTask, register_method
+from medbench.distill.contract import CondensedSet, DistillTask, register_method
 
 from . import synthetic as syn
-
-_CANDIDATES = 3  # seed stream of the extra subsets (0-2 are used by synthetic)
-_TILES = 5  # seed stream of the further tiles of a tiled subset (IDM's initialisation; 4 is the coresets')
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def _choose(task: DistillTask, params: RandomParams, pool: list[torch.Tensor], f
 @register_method("random", params=RandomParams, selects=lambda p: p.candidates > 1)
 def random_selection(task: DistillTask, params: RandomParams) -> CondensedSet:
     """IPC real training images per class, drawn uniformly without replacement (class-balanced)."""
-    pool = [task.initial_indices()] + [task.subset_indices(syn.generator_for(task.seed, _CANDIDATES, k))
+    pool = [task.initial_indices()] + [task.subset_indices(generator_for(task.seed, seeds.CANDIDATES, k))
                                        for k in range(1, params.candidates)]
     return _choose(task, params, pool)
 
@@ -92,7 +91,7 @@ def initial_tiles(task: DistillTask, factor: int) -> torch.Tensor:
     first = task.initial_indices()
     if factor == 1:
         return task.real(first)
-    return tiled_images(task, tiled_indices(task, first, syn.generator_for(task.seed, _TILES, 0), factor), factor)
+    return tiled_images(task, tiled_indices(task, first, generator_for(task.seed, seeds.TILES, 0), factor), factor)
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ class TiledParams(RandomParams):
 def random_tiled(task: DistillTask, params: TiledParams) -> CondensedSet:
     """Random real images tiled partition × partition per stored image: the baseline of IDM-style sets."""
     f = params.partition
-    pool = [tiled_indices(task, task.initial_indices(), syn.generator_for(task.seed, _TILES, 0), f)]
-    pool += [tiled_indices(task, task.subset_indices(syn.generator_for(task.seed, _CANDIDATES, k)),
-                           syn.generator_for(task.seed, _TILES, k), f) for k in range(1, params.candidates)]
+    pool = [tiled_indices(task, task.initial_indices(), generator_for(task.seed, seeds.TILES, 0), f)]
+    pool += [tiled_indices(task, task.subset_indices(generator_for(task.seed, seeds.CANDIDATES, k)),
+                           generator_for(task.seed, seeds.TILES, k), f) for k in range(1, params.candidates)]
     return _choose(task, params, pool, f)

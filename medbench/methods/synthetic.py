@@ -16,20 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from medbench.core import seeds
 from medbench.core.errors import CellFailed, MedbenchError
 from medbench.core.files import atomic_open
 from medbench.core.hparams import check
-from medbench.distill.method import CondensedSet, DistillTask
-from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.core.seeds import generator_for
+from medbench.distill.contract import CondensedSet, DistillTask
+from medbench.nn.augment import SiameseAugment, dsa
 from medbench.nn.training import Augment, candidate_scores
 
 INITS = ("real", "noise")
-# Seed streams: (task.seed, stream, index) never collide across the three uses.
-_INIT, _ITERATION, _SELECTION = 0, 1, 2
 
 
 def check_loop_params(p: Any) -> None:
@@ -52,12 +51,6 @@ def check_ipc(task: DistillTask) -> None:
         raise MedbenchError(f"IPC {task.ipc} must lie in 1..{smallest} (the smallest class's training images)")
 
 
-def generator_for(seed: int, *stream: int) -> torch.Generator:
-    """An independent CPU generator for ``(seed, *stream)``."""
-    state = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
 def fresh_model(task: DistillTask, generator: torch.Generator) -> nn.Module:
     """``task.build_model()`` initialised from ``generator`` without touching the global RNG."""
     seed = int(torch.randint(2**62, (1,), generator=generator))
@@ -67,7 +60,7 @@ def fresh_model(task: DistillTask, generator: torch.Generator) -> nn.Module:
 
 
 def augmenter(enabled: bool, task: DistillTask) -> SiameseAugment | None:
-    return SiameseAugment(AugmentConfig(), task.channels) if enabled else None
+    return dsa(task.channels, enabled)
 
 
 def sample_real(task: DistillTask, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,18 +92,18 @@ def initial_images(task: DistillTask, init: str, generator: torch.Generator) -> 
 
 def initial_set(task: DistillTask, init: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact initialisation :func:`distill` starts from."""
-    return initial_images(task, init, generator_for(task.seed, _INIT, 0))
+    return initial_images(task, init, generator_for(task.seed, seeds.INIT, 0))
 
 
 def iteration_generator(task: DistillTask, iteration: int) -> torch.Generator:
-    return generator_for(task.seed, _ITERATION, iteration)
+    return generator_for(task.seed, seeds.ITERATION, iteration)
 
 
 def val_scores(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
                augment: Augment | None) -> dict[str, float]:
     """Val accuracy and balanced accuracy of a network trained on the candidate set. The same
     initialisation and data order for every candidate, so checkpoints are compared on the set alone."""
-    generator = generator_for(task.seed, _SELECTION, 0)
+    generator = generator_for(task.seed, seeds.SELECTION, 0)
     return candidate_scores(fresh_model(task, generator), images.detach(), labels, task.val.images, task.val.labels,
                             epochs=epochs, lr=lr, generator=generator, augment=augment, prepare=task.normalize)
 

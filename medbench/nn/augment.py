@@ -213,3 +213,9 @@ class SiameseAugment:
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """An independent draw for every image (evaluation-time and expert training)."""
         return self.apply(x, self.sample(x, generator, n=x.shape[0]))
+
+
+def dsa(channels: int, enabled: bool = True) -> SiameseAugment | None:
+    """DSA with its default configuration for images of ``channels`` (None where ``enabled`` is off):
+    the one factory every distillation loop, the expert buffer and the evaluation protocol use."""
+    return SiameseAugment(AugmentConfig(), channels) if enabled else None

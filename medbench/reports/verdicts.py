@@ -17,7 +17,7 @@ from medbench.analysis.study import METRIC_NAMES, Study
 from medbench.analysis.verdicts import TableVerdict
 from medbench.core.errors import MedbenchError
 from medbench.core.hparams import as_dict
-from medbench.distill.method import get_method
+from medbench.distill.contract import get_method
 from medbench.reports.tables import Table
 
 

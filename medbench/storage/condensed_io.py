@@ -11,7 +11,7 @@ import torch
 from medbench.core.errors import DataError
 from medbench.core.files import atomic_open, npz_arrays
 from medbench.data.splits import denormalize
-from medbench.distill.method import CondensedSet
+from medbench.distill.contract import CondensedSet
 
 
 def save_condensed(path: Path, condensed: CondensedSet, mean: Sequence[float], std: Sequence[float]) -> int:

@@ -24,7 +24,7 @@ from medbench.core.devices import resolve_device
 from medbench.core.errors import CellFailed, MedbenchError
 from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
-from medbench.distill.method import SELECTION_METRICS, DistillTask, get_method
+from medbench.distill.contract import SELECTION_METRICS, DistillTask, get_method
 from medbench.nn.models import ModelSpec
 
 OBJECTIVES = SELECTION_METRICS

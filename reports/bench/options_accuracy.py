@@ -20,7 +20,7 @@ from tabulate import tabulate
 from medbench.bench.measure import OPTION_VARIANTS
 from medbench.core.devices import resolve_device
 from medbench.data.catalog import load_dataset
-from medbench.distill.method import DistillTask, get_method
+from medbench.distill.contract import DistillTask, get_method
 from medbench.evaluation.protocol import Protocol, evaluate
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medbench.data.splits import Split
-from medbench.distill.method import DistillTask
+from medbench.distill.contract import DistillTask
 from medbench.methods import synthetic as syn
 from medbench.methods.dc import DISTANCES, gradient_loss
 from medbench.methods.dm import matching_loss

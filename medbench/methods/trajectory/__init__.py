@@ -11,13 +11,13 @@
 * :mod:`.teacher` — the buffer as a method's settings, and the experts as a soft-label teacher.
 """
 
+from medbench.core.seeds import derived_seed
 from medbench.methods.trajectory.buffer import (
     ExpertBuffer,
     ExpertConfig,
     FlatParams,
     build_buffer,
     build_seeded,
-    derived_seed,
     make_augment,
     resolve_root,
 )

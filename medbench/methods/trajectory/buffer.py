@@ -48,11 +48,14 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.func import functional_call
 
+from medbench.core import seeds
 from medbench.core.devices import to_device
 from medbench.core.errors import MedbenchError
 from medbench.core.files import atomic_write_bytes, sha256_file
 from medbench.core.hparams import check
+from medbench.core.seeds import derived_seed
 from medbench.data.splits import Split, Splits, TrainGeometry
+from medbench.nn.augment import AugmentConfig, dsa
 from medbench.nn.models import ModelSpec
 from medbench.nn.training import accuracy, loss_fn
 from medbench.nn.whitening import ZCA
@@ -157,10 +160,6 @@ def build_seeded(spec: ModelSpec, channels: int, num_classes: int, size: int, se
         return spec.build(channels, num_classes, size).to(device)
 
 
-def derived_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
 # --- the data the experts see --------------------------------------------------------------
 
 
@@ -182,7 +181,7 @@ def _as_data(data: Any, model: ModelSpec | None) -> _Data:
     if isinstance(data, Splits):
         return _Data(data.name, data.train, data.val, data.test, data.num_classes, data.normalize,
                      model or ModelSpec(), data.device)
-    # A DistillTask (duck-typed to avoid an import cycle with medbench.distill.method): no test split.
+    # A DistillTask (duck-typed to avoid an import cycle with medbench.distill.contract): no test split.
     return _Data("", data.train, data.val, None, data.num_classes, data.normalize,
                  model or data.model, data.device)
 
@@ -212,19 +211,13 @@ def data_fingerprint(train: Split, normalize: Callable[[torch.Tensor], torch.Ten
 def _augment_description(enabled: bool) -> Any:
     if not enabled:
         return None
-    from medbench.nn.augment import AugmentConfig  # the shared DSA implementation
-
     config = AugmentConfig()
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else repr(config)
 
 
 def make_augment(enabled: bool, channels: int) -> Any:
     """The siamese (DSA) augmentation with its default configuration, or None."""
-    if not enabled:
-        return None
-    from medbench.nn.augment import AugmentConfig, SiameseAugment
-
-    return SiameseAugment(AugmentConfig(), channels)
+    return dsa(channels, enabled)
 
 
 def buffer_key(data: _Data, config: ExpertConfig, fingerprint: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -353,7 +346,7 @@ class ExpertBuffer:
 def _train_expert(data: _Data, config: ExpertConfig, index: int, zca: ZCA | None, augment: Any,
                   on_epoch: Callable[[int], None]) -> tuple[torch.Tensor, nn.Module]:
     """One expert: the (E + 1, P) trajectory on the CPU and the trained network."""
-    seed = derived_seed(config.seed, index, 0xE4)
+    seed = derived_seed(config.seed, index, seeds.EXPERT)
     model = build_seeded(data.model, data.channels, data.num_classes, data.size, seed, data.device)
     model.train()
     flat = FlatParams(model)

@@ -23,14 +23,16 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from medbench.core import seeds
 from medbench.core.devices import to_device
 from medbench.core.errors import CellFailed
 from medbench.core.files import atomic_write_bytes
-from medbench.distill.method import CondensedSet, DistillTask
+from medbench.core.seeds import derived_seed
+from medbench.distill.contract import CondensedSet, DistillTask
 from medbench.nn.training import candidate_scores
 from medbench.nn.whitening import ZCA
 
-from .buffer import ExpertBuffer, FlatParams, build_seeded, derived_seed, make_augment
+from .buffer import ExpertBuffer, FlatParams, build_seeded, make_augment
 from .unroll import IMPLEMENTATIONS, plan_unroll
 
 
@@ -137,7 +139,7 @@ def val_scores(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, lr
 
     Trained as the protocol trains (SGD 0.9, wd 5e-4, lr step at half) with the learned lr, the
     set's (soft) labels and, as the official evaluation, DSA when the method uses it."""
-    seed = derived_seed(task.seed, iteration, 0x7A1)
+    seed = derived_seed(task.seed, iteration, seeds.CHECKPOINT_SCORING)
     model = build_seeded(task.model, task.channels, task.num_classes, task.size, seed, task.device)
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +170,7 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
     initialisation drew from, so its stream is the one it always was)."""
     zca = buffer.zca()
     net = FlatParams(build_seeded(task.model, task.channels, task.num_classes, task.size,
-                                  derived_seed(task.seed, 0x57), task.device))
+                                  derived_seed(task.seed, seeds.STUDENT), task.device))
     net.module.train()
     augment = make_augment(params.augment, task.channels)
     match = IMPLEMENTATIONS[params.implementation]

@@ -18,7 +18,7 @@ import torch
 from medbench.core.errors import MedbenchError
 from medbench.core.hparams import check
 from medbench.data.splits import Splits
-from medbench.distill.method import DistillTask
+from medbench.distill.contract import DistillTask
 from medbench.nn.models import ModelSpec
 from medbench.nn.whitening import ZCA
 
