@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medbench.cli.types import add_db
 from medbench.core.files import check_writable
 from medbench.data.registry import DEFAULT_DATA_ROOT
 from medbench.harness import crossarch
 from medbench.harness.crossarch import DEFAULT_ARCHS, crossarch_table, format_crossarch, run_crossarch, source_cells
-from medbench.storage.store import DEFAULT_DB, Store
+from medbench.storage.store import Store
 
 
 def _list(text: str) -> tuple[str, ...]:
@@ -33,7 +34,7 @@ def cmd_crossarch(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("crossarch", help="evaluate stored condensed sets with other networks",
                               description=crossarch.__doc__.splitlines()[0])
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--archs", type=_list, default=DEFAULT_ARCHS,
                    help="comma-separated models (default: %(default)s); the source's own is skipped")
     which = p.add_mutually_exclusive_group()

@@ -11,9 +11,10 @@ from tabulate import tabulate
 
 from medbench.analysis import regression
 from medbench.analysis.regression import Tolerance, _label, compare, load_baseline, make_baseline, snapshot
+from medbench.cli.types import add_db
 from medbench.core.errors import MedbenchError
 from medbench.core.files import check_writable
-from medbench.storage.store import DEFAULT_DB, Store
+from medbench.storage.store import Store
 
 CELL_KEY = ("method", "dataset", "size", "ipc", "seed", "protocol_id")
 FORMAT_VERSION = 1
@@ -53,7 +54,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``baseline`` and ``check`` to the ``medbench`` command line."""
     p = subparsers.add_parser("baseline", help="freeze the stored results as a regression baseline (JSON)")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--out", type=Path, default=Path("reports/baseline.json"), help="baseline file to write")
     p.set_defaults(func=cmd_baseline)
 
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=regression.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", type=Path, required=True, help="file written by medbench baseline")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--tolerance-sigmas", type=float, default=Tolerance.sigmas,
                    help="allowed accuracy drop in standard errors of the difference (default: %(default)s)")
     p.add_argument("--accuracy-floor", type=float, default=Tolerance.accuracy_floor,

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from medbench.cli.types import add_db
 from medbench.core.errors import MedbenchError
 from medbench.evaluation.metrics import METRICS
-from medbench.storage.store import DEFAULT_DB, Store
+from medbench.storage.store import Store
 
 
 def _open(db: Path) -> Store:
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report``, ``correlate``, ``baseline`` and ``check`` to the ``medbench`` command line."""
     p = subparsers.add_parser("report", help="verdicts, leaderboard.md, results.csv, predictions.csv.gz and index.html "
                                              "from a results DB")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--out", type=Path, required=True, help="folder to write into, e.g. reports/NAME")
     p.add_argument("--images-per-class", type=int, default=10, help="condensed images shown per class")
     p.add_argument("--metric", default="balanced_accuracy", choices=list(METRICS),
@@ -85,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("correlate", help="distilled vs random scores across datasets (and against the gain), or "
                                                 "a prediction")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--predict", type=_accuracy, metavar="SCORE",
                    help="a new dataset's random-subset score in --metric (fraction or %%): predict the method's")
     p.add_argument("--method", help="method to predict for")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from medbench.cli.gridargs import DEFAULTS, add_grid_arguments, grid_spec_from_args, parse_method_args
-from medbench.cli.types import positive, seconds_list
+from medbench.cli.types import add_db, positive, seconds_list
 from medbench.core import hparams
 from medbench.core.errors import MedbenchError
 from medbench.core.files import check_writable
@@ -16,7 +16,6 @@ from medbench.data.registry import DEFAULT_DATA_ROOT
 from medbench.distill.contract import get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, COMPILE_MODES
-from medbench.storage.store import DEFAULT_DB
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +61,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 def add_results(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="show stored results, one row per cell")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_results)
 
@@ -71,7 +70,7 @@ def add_merge(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="copy the cells of other results databases into one (e.g. from several "
                                       "machines)")
     p.add_argument("sources", nargs="+", type=Path, help="databases to copy from")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="database to add to (default: %(default)s)")
+    add_db(p, "database to add to")
     p.set_defaults(func=cmd_merge)
 
 

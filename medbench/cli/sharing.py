@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medbench.cli.types import add_db
 from medbench.core.errors import MedbenchError
 from medbench.core.files import check_writable
 from medbench.data.registry import DEFAULT_DATA_ROOT
-from medbench.storage.store import DEFAULT_DB
 
 EXIT_TAMPERED = 1
 
@@ -71,7 +71,7 @@ def _nonnegative(text: str) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export", help="write a stored cell's distilled set as a shareable package")
     p.add_argument("cell", help="cell id or a unique prefix of it (see `medbench results --format csv`)")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--out", type=Path, required=True, help="package folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty folder")
     p.set_defaults(func=cmd_export)
@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("audit", help="privacy audit of a stored cell: nearest real images, membership attack")
     p.add_argument("cell", help="cell id or a unique prefix of it")
-    p.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite results database (default: %(default)s)")
+    add_db(p)
     p.add_argument("--out", type=Path, required=True, help="folder for audit.md, audit.json, neighbours.png")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                    help="where the cell's dataset is (default: %(default)s)")

@@ -1,5 +1,8 @@
 """Privacy audit of a distilled set before it leaves the hospital.
 
+(One of the two modules over 500 lines: the audit's neighbour search, memorisation reference and
+membership attack share one loaded cell and one report; issue 28 replaces the attack.)
+
 Two questions, answered at the source site (the audit needs the real training split):
 
 1. *Does the set contain (near-)copies of real images?* For every distilled image: its nearest

@@ -8,6 +8,10 @@ fingerprint of the training data, the architecture, the optimiser settings, augm
 ``T``, ``E``, seed and storage dtype), and every IPC, seed, run and method that needs the same
 trajectories finds it there.
 
+(One of the two modules over 500 lines: the buffer's on-disk format, its training, its cache key and
+its resume after an interruption are one unit; split apart, a change to one would silently break
+another's assumptions about the files.)
+
 Layout of ``<root>/<key>/``::
 
     manifest.json            config, data fingerprint, per-expert file sha256/size/accuracies
