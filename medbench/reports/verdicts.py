@@ -91,8 +91,9 @@ def ranking_table(rankings: list[Ranking]) -> Table | None:
 
 def power_note(verdict: TableVerdict) -> str:
     if not np.isfinite(verdict.detectable):
-        return "With one seed no test is possible: run more seeds."
-    return (f"What these seeds can show: with {verdict.seeds} seeds and {PRIMARY} over {verdict.primary_tests} "
+        return f"IPC {verdict.key[3]}: with one seed no test is possible: run more seeds."
+    return (f"What these seeds can show at IPC {verdict.key[3]}: with {verdict.seeds} seeds and {PRIMARY} over "
+            f"{verdict.primary_tests} "
             f"primary test(s), a gain is detected with {POWER:.0%} power only if it is at least "
             f"{verdict.detectable:.1f} standard deviations of its per-seed differences (paired t-test, α = {ALPHA}); "
             "a gain that is not significant is not evidence of no gain.")
@@ -105,7 +106,8 @@ def baselines_note(verdict: TableVerdict) -> str:
     pairs = {}
     for r in rows.itertuples():
         pairs.setdefault(r.baseline, []).append(r.method)
-    return "Matched baselines: " + "; ".join(f"{', '.join(ms)} → {b}" for b, ms in pairs.items()) + "."
+    listed = "; ".join(f"{', '.join(ms)} → {b}" for b, ms in pairs.items())
+    return f"Matched baselines at IPC {verdict.key[3]}: {listed}."
 
 
 def settings_notes(cells: pd.DataFrame) -> list[str]:
