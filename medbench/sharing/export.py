@@ -1,18 +1,6 @@
 """Export a stored cell's distilled set as a self-describing package (its format and verification:
 :mod:`medbench.data.package`).
 
-A package is a folder another site can check and train on without medbench's database:
-
-- ``condensed.npz``: MedMNIST layout (uint8 ``train_images``, ``train_labels`` N×1) plus the exact
-  ``images_float32``, the normalisation statistics, any learned lr, soft labels and ZCA transform;
-- ``contact_sheet.png``: every image, one row per class, labelled with the class names;
-- ``manifest.json``: where it came from (dataset and license), how it was made (method and every
-  hyper-parameter), how well it did (scores and protocol), package versions, and the sha256 of
-  every file. The manifest also hashes itself, so a changed byte anywhere is caught.
-
-Checksums catch corruption and careless edits; they are not a signature (whoever can rewrite
-the files can rewrite the manifest too).
-
 The folder is written under a temporary name beside ``DIR`` and renamed into place, so a failed
 export leaves nothing half-written.
 """
