@@ -1,9 +1,5 @@
-"""A tiny generated classification problem for the distillation tests (no files, no network).
-
-Each class is a fixed low-amplitude pattern under strong pixel noise: single real images are
-poor class representatives, while the class means are clean, so methods that summarise a class
-(DC, DM) beat random selection at IPC 1 by a wide margin.
-"""
+"""The distillation tests' tiny generated problem (:func:`medbench.testing.data.make_splits`, no
+files, no network), a tiny network, a task around them and a held-out yardstick."""
 
 from __future__ import annotations
 
@@ -11,26 +7,11 @@ from pathlib import Path
 
 import torch
 
-from medbench.data.splits import Split, Splits
+from medbench.data.splits import Splits
 from medbench.distill.contract import CondensedSet, DistillTask
 from medbench.nn.models import ModelSpec
 from medbench.nn.training import accuracy, train_network
-
-
-def make_splits(num_classes: int = 4, size: int = 12, channels: int = 1, per_class: int = 64,
-                signal: float = 30.0, noise: float = 70.0, seed: int = 0) -> Splits:
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.randn(num_classes, channels, size, size, generator=g)
-
-    def split(n: int) -> Split:
-        labels = torch.arange(num_classes).repeat_interleave(n)
-        x = 128 + signal * templates[labels] + noise * torch.randn(len(labels), channels, size, size, generator=g)
-        return Split(x.round().clamp(0, 255).to(torch.uint8), labels)
-
-    train, val, test = split(per_class), split(per_class // 2), split(per_class)
-    mean = tuple(float(m) for m in train.images.float().div(255).mean(dim=(0, 2, 3)))
-    std = tuple(float(s) for s in train.images.float().div(255).std(dim=(0, 2, 3)))
-    return Splits("synthetic", train, val, test, num_classes, mean, std)
+from medbench.testing.data import make_splits  # noqa: F401  (the tests import it from here)
 
 
 def tiny_model(width: int = 8, depth: int = 2) -> ModelSpec:

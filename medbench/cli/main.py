@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("medbench.cli.run", "add_results"), ("medbench.cli.run", "add_merge"), ("medbench.cli.run", "add_experts"),
     ("medbench.cli.report", "register"),  # report, correlate
     ("medbench.cli.regression", "register"),  # baseline, check
+    ("medbench.cli.conform", "register"),
     ("medbench.cli.sharing", "register"),  # export, verify, audit
     ("medbench.cli.crossarch", "register"), ("medbench.cli.bench", "register"), ("medbench.cli.tune", "register"),
 ]

@@ -34,6 +34,12 @@ from medbench.nn.models import ModelSpec
 
 P = TypeVar("P")
 
+# The properties the conformance kit (:mod:`medbench.testing`) checks; a method exempts one with a
+# reason (``register_method(exempt={"resume": "one pass, nothing to resume"})``), and every
+# property it does not exempt is checked.
+PROPERTIES = ("search-space", "output", "deterministic", "seed", "test-split", "checkpoints", "provenance",
+              "resume", "budget", "non-finite")
+
 # Val scores a method may choose its candidates by; the first is the default. Cells chosen by
 # accuracy (every cell stored before the metric existed) keep their ids and are labelled as such.
 SELECTION_METRICS = ("balanced_accuracy", "accuracy")
@@ -170,6 +176,11 @@ class Method(Generic[P]):
     # A check of the method's own inputs against a dataset, run before anything is written:
     # ``preflight(params, splits, ipc)`` raises MedbenchError (a share package's checksum, shape, IPC).
     preflight: Callable[[P, Splits, int | None], None] | None = None
+    # Conformance-kit properties (PROPERTIES) that do not apply, each with its reason.
+    exempt: Mapping[str, str] = field(default_factory=dict)
+    # The kit's tiny settings: params values, or a function (splits, workdir) -> values (or its
+    # "module:function" name) for methods whose inputs must be made first (a share package).
+    conform_params: Mapping[str, Any] | Callable[[Splits, Path], Mapping[str, Any]] | str | None = None
 
     def make_params(self, values: Mapping[str, Any] | None = None) -> P:
         return hparams.build(self.params, values, context=f"method {self.name}")
@@ -206,19 +217,30 @@ def register_method(name: str, *, params: type = NoParams, uses_ipc: bool = True
                     prepare: Callable | None = None, search_space: Mapping[str, Any] | None = None,
                     selects: bool | Callable[[Any], bool] = True,
                     matched: Callable[[Any], tuple[str, dict[str, Any]] | None] | None = None,
-                    preflight: Callable[[Any, Splits, int | None], None] | None = None) -> Callable:
+                    preflight: Callable[[Any, Splits, int | None], None] | None = None,
+                    exempt: Mapping[str, str] | None = None,
+                    conform_params: Mapping[str, Any] | Callable | str | None = None) -> Callable:
     """Register ``fn(task, params) -> CondensedSet`` under ``name``; its docstring's first line
     is the description ``medbench methods`` shows. ``search_space``: the fields ``medbench tune``
     searches, ``{field: Dim(low, high, scale)}`` (checked when tuning starts). ``selects``: whether
     the method chooses among candidates on val (``task.selection_metric``; default True, so an
     undeclared plug-in is never pooled across selection metrics); ``matched``: params -> its matched
     baseline ``(method, params)`` (see the module doc); ``preflight(params, splits, ipc)``: a check of
-    the method's own inputs that ``run`` makes before it writes anything."""
+    the method's own inputs that ``run`` makes before it writes anything. ``exempt``: conformance
+    properties (:data:`PROPERTIES`) that do not apply, ``{property: reason}``; ``conform_params``: the
+    tiny settings ``medbench conform`` runs the method with (see :class:`Method`)."""
+    unknown = sorted(set(exempt or {}) - set(PROPERTIES))
+    if unknown:
+        raise MedbenchError(f"method {name}: exempt names unknown properties {', '.join(unknown)}; "
+                            f"the properties are {', '.join(PROPERTIES)}")
+    empty = sorted(k for k, why in (exempt or {}).items() if not isinstance(why, str) or not why.strip())
+    if empty:
+        raise MedbenchError(f"method {name}: exempt {', '.join(empty)} without a reason")
 
     def wrap(_name: str, fn: Callable) -> Method:
         description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         return Method(name, fn, params, description, uses_ipc, prepare, dict(search_space or {}), selects, matched,
-                      preflight)
+                      preflight, dict(exempt or {}), conform_params)
 
     return METHODS.decorator(name, wrap)
 

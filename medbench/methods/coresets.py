@@ -85,6 +85,11 @@ def kcenter_order(features: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
+# What the conformance kit does not check on a coreset, and why.
+SELECTION_EXEMPT = {"checkpoints": "one embedding network, then a greedy selection: no val-scored checkpoints",
+                    "resume": "one pass (seconds), nothing to resume", "budget": "one pass, no iterations to stop"}
+
+
 def _select(task: DistillTask, params: CoresetParams, order) -> CondensedSet:
     syn.check_ipc(task)
     features = embeddings(task, params).cpu()
@@ -99,13 +104,15 @@ def _select(task: DistillTask, params: CoresetParams, order) -> CondensedSet:
                                            f"training split"})
 
 
-@register_method("herding", params=CoresetParams, selects=False)
+@register_method("herding", params=CoresetParams, selects=False, exempt=SELECTION_EXEMPT,
+                 conform_params={"embed_epochs": 1})
 def herding(task: DistillTask, params: CoresetParams) -> CondensedSet:
     """Herding: real images whose running mean embedding tracks the class mean (coreset baseline)."""
     return _select(task, params, herding_order)
 
 
-@register_method("kcenter", params=CoresetParams, selects=False)
+@register_method("kcenter", params=CoresetParams, selects=False, exempt=SELECTION_EXEMPT,
+                 conform_params={"embed_epochs": 1})
 def kcenter(task: DistillTask, params: CoresetParams) -> CondensedSet:
     """Greedy k-center (farthest-point) real images in embedding space (coreset baseline)."""
     return _select(task, params, kcenter_order)

@@ -140,6 +140,8 @@ def _images(task: DistillTask, buffer: ExpertBuffer, indices: torch.Tensor) -> t
 
 
 # What `medbench tune` searches, around the official CIFAR-10 values.
+# The conformance kit's tiny expert buffer (2 experts × 4 epochs).
+CONFORM_BUFFER = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "augment": False}
 SEARCH_SPACE = {"lr_img": Dim(10.0, 1000.0, "log"), "lr_labels": Dim(0.5, 20.0, "log"),
                 "lr_lr": Dim(1e-7, 1e-3, "log"), "syn_steps": Dim(10, 80, "log", integer=True)}
 
@@ -149,7 +151,10 @@ def matched_soft(p: DATMParams) -> tuple[str, dict]:
     return "random_soft", {f.name: getattr(p, f.name) for f in dataclasses.fields(BufferParams)}
 
 
-@register_method("datm", params=DATMParams, prepare=prepare_buffer, search_space=SEARCH_SPACE, matched=matched_soft)
+@register_method("datm", params=DATMParams, prepare=prepare_buffer, search_space=SEARCH_SPACE, matched=matched_soft,
+                 conform_params={**CONFORM_BUFFER, "expert_epochs": 2, "max_start_epoch": 3,
+                                 "current_max_start_epoch": 1, "expansion_end": 2, "syn_steps": 3, "iterations": 6,
+                                 "eval_every": 2, "eval_epochs": 3, "lr_img": 10.0, "threshold": 1e9})
 def datm(task: DistillTask, params: DATMParams) -> CondensedSet:
     """Difficulty-aligned trajectory matching with learned soft labels (Guo et al., ICLR 2024)."""
     try:
@@ -168,7 +173,11 @@ def datm(task: DistillTask, params: DATMParams) -> CondensedSet:
     return dataclasses.replace(result, extras={**result.extras, "hard_labels": classes})
 
 
-@register_method("random_soft", params=BufferParams, prepare=prepare_buffer, selects=False)
+@register_method("random_soft", params=BufferParams, prepare=prepare_buffer, selects=False,
+                 conform_params=CONFORM_BUFFER, exempt={
+                     "checkpoints": "one pass: random's subset labelled by the experts",
+                     "resume": "one pass, nothing to resume", "budget": "one pass, no iterations to stop",
+                     "non-finite": "no loss of its own (the experts' are the buffer's)"})
 def random_soft(task: DistillTask, params: BufferParams) -> CondensedSet:
     """Random's subset with soft labels from the expert buffer's teacher (DATM's label rule): the
     baseline a soft-label method is compared with (DD-Ranking's IOR)."""

@@ -222,18 +222,20 @@ def _run(task: DistillTask, params: DCParams, *, name: str, augment: bool) -> Co
 
 
 # What `medbench tune` searches (official values: lr_img 0.1, loops by IPC).
+# The conformance kit's tiny run (medbench conform dc).
+CONFORM = {"iterations": 6, "eval_every": 2, "eval_epochs": 3, "outer_loop": 2, "inner_loop": 2, "batch_real": 16}
 SEARCH_SPACE = {"lr_img": Dim(0.01, 10.0, "log"), "outer_loop": Dim(1, 50, "log", integer=True),
                 "inner_loop": Dim(1, 50, "log", integer=True)}
 
 
-@register_method("dc", params=DCParams, search_space=SEARCH_SPACE,
+@register_method("dc", params=DCParams, search_space=SEARCH_SPACE, conform_params=CONFORM,
                  matched=lambda p: syn.matched_random(p, augment=False))
 def dc(task: DistillTask, params: DCParams) -> CondensedSet:
     """Dataset condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021)."""
     return _run(task, params, name="dc", augment=False)
 
 
-@register_method("dsa", params=DCParams, search_space=SEARCH_SPACE,
+@register_method("dsa", params=DCParams, search_space=SEARCH_SPACE, conform_params=CONFORM,
                  matched=lambda p: syn.matched_random(p, augment=True))
 def dsa(task: DistillTask, params: DCParams) -> CondensedSet:
     """Gradient matching with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)."""

@@ -77,6 +77,7 @@ def matching_loss(task: DistillTask, images: torch.Tensor, generator: torch.Gene
 
 
 @register_method("dm", params=DMParams, search_space={"lr_img": Dim(0.1, 100.0, "log")},
+                 conform_params={"iterations": 6, "eval_every": 2, "eval_epochs": 3, "batch_real": 16},
                  matched=lambda p: syn.matched_random(p, augment=p.augment))
 def dm(task: DistillTask, params: DMParams) -> CondensedSet:
     """Distribution matching of mean embeddings under random networks (Zhao & Bilen, WACV 2023)."""

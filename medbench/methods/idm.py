@@ -155,7 +155,9 @@ def class_contiguous(images: torch.Tensor, labels: torch.Tensor, classes: int,
     return x[order], y[order]
 
 
-@register_method("idm", params=IDMParams,
+@register_method("idm", params=IDMParams, conform_params={
+                     "iterations": 6, "eval_every": 2, "eval_epochs": 3, "batch_real": 16, "net_num": 2,
+                     "net_generate_interval": 2, "model_train_steps": 1, "batch_train": 16},
                  search_space={"lr_img": Dim(0.02, 20.0, "log"), "ce_weight": Dim(0.0, 2.0)},
                  matched=lambda p: syn.matched_random(p, augment=p.augment, method="random_tiled",
                                                       partition=p.partition)

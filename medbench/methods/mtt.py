@@ -112,7 +112,13 @@ def matched_random(p: MTTParams) -> tuple[str, dict]:
     return syn.matched_random(p, augment=p.augment, lr=p.lr_teacher)
 
 
-@register_method("mtt", params=MTTParams, prepare=prepare_buffer, search_space=SEARCH_SPACE, matched=matched_random)
+# The conformance kit's tiny run: 2 experts × 4 epochs, a 3-step unroll, a checkpoint every 2 iterations.
+CONFORM = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "max_start_epoch": 2, "expert_epochs": 2,
+           "syn_steps": 3, "iterations": 6, "eval_every": 2, "eval_epochs": 3, "lr_img": 10.0, "augment": False}
+
+
+@register_method("mtt", params=MTTParams, prepare=prepare_buffer, search_space=SEARCH_SPACE, matched=matched_random,
+                 conform_params=CONFORM)
 def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
     """Matching training trajectories (Cazenavette et al., 2022), exact gradient in J-independent memory."""
     buffer = open_buffer(task, params, params.max_start_epoch - 1 + params.expert_epochs)

@@ -122,7 +122,11 @@ def preflight(params: PackageParams, splits: Splits, ipc: int | None) -> None:
     check_package(Path(params.path), params.sha256, splits.channels, splits.size, splits.num_classes, ipc or 0)
 
 
-@register_method("package", params=PackageParams, selects=False, preflight=preflight)
+@register_method("package", params=PackageParams, selects=False, preflight=preflight,
+                 conform_params="medbench.testing.inputs:package_params", exempt={
+                     "seed": "the package fixes the set", "checkpoints": "reads a package, no iterations",
+                     "resume": "reads a package", "budget": "reads a package", "non-finite": "no loss",
+                     "provenance": "its images are another site's; their indices there are in its manifest"})
 def package(task: DistillTask, params: PackageParams) -> CondensedSet:
     """A shared package (medbench export) as the training set, evaluated on your own val/test."""
     return package_condensed(Path(params.path), task, params.sha256)

@@ -55,7 +55,14 @@ def _choose(task: DistillTask, params: RandomParams, pool: list[torch.Tensor], f
                                  if history else {})})
 
 
-@register_method("random", params=RandomParams, selects=lambda p: p.candidates > 1)
+# What the conformance kit does not check on a one-pass selection, and why.
+ONE_PASS = {"checkpoints": "draws subsets in one pass; with candidates > 1 it scores them on val, not checkpoints",
+            "resume": "one pass, nothing to resume", "budget": "one pass, no iterations to stop",
+            "non-finite": "no loss: it draws real images"}
+
+
+@register_method("random", params=RandomParams, selects=lambda p: p.candidates > 1, exempt=ONE_PASS,
+                 conform_params={"candidates": 2, "eval_epochs": 2})
 def random_selection(task: DistillTask, params: RandomParams) -> CondensedSet:
     """IPC real training images per class, drawn uniformly without replacement (class-balanced)."""
     pool = [task.initial_indices()] + [task.subset_indices(generator_for(task.seed, seeds.CANDIDATES, k))
@@ -103,7 +110,8 @@ class TiledParams(RandomParams):
         check(self.partition >= 1, f"partition must be at least 1, got {self.partition}")
 
 
-@register_method("random_tiled", params=TiledParams, selects=lambda p: p.candidates > 1)
+@register_method("random_tiled", params=TiledParams, selects=lambda p: p.candidates > 1, exempt=ONE_PASS,
+                 conform_params={"candidates": 2, "eval_epochs": 2})
 def random_tiled(task: DistillTask, params: TiledParams) -> CondensedSet:
     """Random real images tiled partition × partition per stored image: the baseline of IDM-style sets."""
     f = params.partition

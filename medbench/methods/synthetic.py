@@ -222,8 +222,11 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
             state.seconds = seconds
             _save(path, fingerprint, state)
 
+    # The initialisation chosen unchanged is real training images: name them (privacy audits, exports).
+    real_start = initial is None and params.init == "real" and state.best_iteration == 0
     return CondensedSet(
         state.best_images.detach().clone(), labels,
+        extras={"train_indices": task.initial_indices().cpu()} if real_start else {},
         info={"chosen_iteration": state.best_iteration, "candidates": len(state.history),
               "selection_metric": task.selection_metric, "val_score": state.best_accuracy,
               "iterations": params.iterations, "val_history": state.history,

@@ -353,8 +353,8 @@ def audit_cell(db: Path, cell_ref: str, out: Path, *, data_root: Path = DEFAULT_
             "count": len(selected),
             "nearest_is_the_selected_image": float((l2_i[:, 0] == selected).double().mean()) if len(selected) == n
             else None,
-            "statement": f"This set IS {len(selected)} real training images of {facts.get('name')} (random "
-                         "selection), copied unchanged: sharing it shares these patients' images.",
+            "statement": f"This set IS {len(selected)} real training images of {facts.get('name')}, "
+                         "copied unchanged: sharing it shares these patients' images.",
         }
 
     report: dict[str, Any] = {
