@@ -18,7 +18,7 @@ def record(method: str, dataset: str, ipc: int | None, accs: list[float], *, see
            protocol_id: str = "p1", protocol: dict | None = None, size: int = 28, n_train: int = 1000,
            classes: int = 4, balanced: list[float] | None = None, distill_seconds: float | None = 1.0,
            iterations: int | None = None, condensed_path: str | None = None, params: dict | None = None,
-           status: str = "done") -> CellRecord:
+           status: str = "done", sha256: str | None = None, environment: dict | None = None) -> CellRecord:
     """One cell whose eval models scored exactly ``accs`` (test accuracy)."""
     params = params or {}
     cell_id = hashlib.sha256(repr((method, dataset, ipc, seed, protocol_id, size, sorted(params.items())))
@@ -34,8 +34,8 @@ def record(method: str, dataset: str, ipc: int | None, accs: list[float], *, see
         cell_id=cell_id, method=method, dataset=dataset, size=size, ipc=ipc, seed=seed, protocol_id=protocol_id,
         config={"method": method, "params": params, "protocol": protocol or PROTOCOL,
                 "dataset": {"name": dataset, "n_train": n_train, "num_classes": classes},
-                "condensed_info": info},
-        environment={}, status=status, message="diverged" if status == "failed" else "",
+                "condensed_info": info, **({"condensed_sha256": sha256} if sha256 else {})},
+        environment=environment or {}, status=status, message="diverged" if status == "failed" else "",
         distill_seconds=distill_seconds, eval_seconds=1.0, condensed_images=n_images,
         condensed_bytes=n_images * 4, compression_ratio=n_images / n_train, condensed_path=condensed_path,
         models=models,
