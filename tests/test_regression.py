@@ -136,6 +136,9 @@ def test_baseline_check_and_rebless(tmp_path, capsys):
                                                 "device": "cpu"}
     assert main(["check", "--baseline", str(out), "--db", str(db)]) == 0
     assert "fingerprint: 3 ok; equivalence: 1 ok" in capsys.readouterr().out
+    assert main(["check", "--baseline", str(out), "--db", str(db), "--verbose"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count("| fingerprint | ok ") == 3 and "| equivalence | ok " in listed
 
     # an existing golden file is only replaced by a re-blessing with a reason
     assert main(["baseline", "--db", str(db), "--out", str(out)]) == 2

@@ -99,9 +99,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             current = snapshot(store, golden.get("metric", "balanced_accuracy"))
     findings = compare(golden, current, rules)
     bad = [f for f in findings if f.failed]
-    if bad:
-        print(tabulate([{"cell or configuration": f.where, "rule": f.rule, "detail": f.detail} for f in bad],
-                       headers="keys", tablefmt="github"))
+    shown = findings if args.verbose else bad
+    if shown:
+        print(tabulate([{"cell or configuration": f.where, "rule": f.rule, "status": f.status, "detail": f.detail}
+                        for f in shown], headers="keys", tablefmt="github"))
     frame = pd.DataFrame([{"rule": f.rule, "status": f.status} for f in findings])
     counts = frame.groupby("rule", sort=False).status.value_counts().unstack(fill_value=0)
     parts = [f"{rule}: " + ", ".join(f"{n} {s}" for s, n in row.items() if n) for rule, row in counts.iterrows()]
@@ -140,6 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --preset: cells run at once (default: the preset's; torch threads = cores / workers, "
                         "part of the platform a fingerprint holds for)")
     p.add_argument("--no-progress", action="store_true", help="with --preset: no progress bars")
+    p.add_argument("--verbose", action="store_true", help="list every cell and configuration, not only failures")
     p.add_argument("--margin", type=float, help="equivalence margin as a fraction (default: the golden file's, "
                                                 f"else {Rules.margin})")
     p.add_argument("--alpha", type=float, default=Rules.alpha, help="the equivalence test's level "

@@ -43,7 +43,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -52,16 +52,26 @@ import torch
 
 from medbench.core.errors import CellFailed, MedbenchError
 from medbench.data.catalog import load_dataset
+from medbench.data.registry import DEFAULT_DATA_ROOT
 from medbench.data.splits import Splits
-from medbench.distill.contract import CondensedSet, DistillTask, Method, get_method
-from medbench.distill.space import Dim
+from medbench.distill.contract import DistillTask, Method, get_method
 from medbench.harness.runner import fingerprint
 from medbench.nn.models import ModelSpec
 from medbench.testing import data as kit_data
+from medbench.testing.checks import (
+    IPC,
+    Fail,
+    NotApplicable,
+    Trial,
+    check_checkpoints,
+    check_output,
+    check_provenance,
+    check_search_space,
+    differences,
+    need,
+)
 from medbench.testing.probes import ArmedSpec, Interrupted, Switch, watching
-from medbench.tuning.space import check_space
 
-IPC = 2
 MODEL = ModelSpec("convnet", {"width": 8, "depth": 2, "norm": "instance"})
 REAL_DATASET = "breastmnist"  # small (546 training images), two classes, imbalanced: the kit's real check
 BUDGET_SHARE = 0.4
@@ -85,26 +95,6 @@ class Outcome:
     def on(self, dataset: str) -> Outcome:
         """The same verdict, named for the dataset it was made on."""
         return dataclasses.replace(self, name=f"{self.name} [{dataset}]")
-
-
-@dataclass
-class Trial:
-    """One run of the method: its set or its error, and what the kit observed."""
-
-    condensed: CondensedSet | None = None
-    error: BaseException | None = None
-    seconds: float = 0.0
-    checkpoints: list[tuple[Any, Any, Any]] = field(default_factory=list)
-    reports: list[int] = field(default_factory=list)  # the ``done`` of every progress report
-    opened: list[str] = field(default_factory=list)
-
-    def describe_error(self) -> str:
-        err = self.error
-        return f"{type(err).__name__}: {err}" if err is not None else "no error"
-
-
-class _Fail(Exception):
-    """A property fails: its one line."""
 
 
 @contextlib.contextmanager
@@ -180,132 +170,6 @@ class Runner:
         return trial
 
 
-# --- the properties ---------------------------------------------------------------------------
-
-
-def _need(trial: Trial, what: str = "the run") -> CondensedSet:
-    if trial.condensed is None:
-        raise _Fail(f"{what} raised {trial.describe_error()}")
-    return trial.condensed
-
-
-def _differences(a: CondensedSet, b: CondensedSet) -> list[str]:
-    out = []
-    if a.images.shape != b.images.shape:
-        out.append(f"images {tuple(a.images.shape)} vs {tuple(b.images.shape)}")
-    elif not torch.equal(a.images, b.images):
-        out.append(f"images (max |Δ| {float((a.images.float() - b.images.float()).abs().max()):.3g})")
-    if a.labels.shape != b.labels.shape or not torch.equal(a.labels, b.labels):
-        out.append("labels")
-    for key in sorted(set(a.extras) | set(b.extras)):
-        x, y = a.extras.get(key), b.extras.get(key)
-        if x is None or y is None or x.shape != y.shape or not torch.equal(x.cpu(), y.cpu()):
-            out.append(f"extras[{key}]")
-    if a.lr != b.lr:
-        out.append(f"lr {a.lr} vs {b.lr}")
-    return out
-
-
-def check_search_space(method: Method) -> str:
-    if not method.search_space:
-        raise _NotApplicable("declares no search space")
-    for name, dim in method.search_space.items():
-        if not isinstance(dim, Dim):
-            raise _Fail(f"{name} is {type(dim).__name__}, not a medbench.distill.space.Dim")
-    try:
-        check_space(method.name, method.search_space, method.params)
-        for name, dim in method.search_space.items():
-            for value in dim.choices or (dim.low, dim.high):
-                method.make_params({name: int(value) if dim.integer else value})
-    except MedbenchError as exc:
-        raise _Fail(str(exc)) from None
-    return f"{len(method.search_space)} field(s): " + ", ".join(
-        f"{k} {d.describe()}" for k, d in method.search_space.items())
-
-
-def check_output(condensed: CondensedSet, splits: Splits, method: Method) -> str:
-    problems = []
-    if not isinstance(condensed, CondensedSet):
-        raise _Fail(f"returned {type(condensed).__name__}, not a CondensedSet")
-    images, labels = condensed.images, condensed.labels
-    expected = (splits.channels, splits.size, splits.size)
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.float32:
-        problems.append(f"images are {getattr(images, 'dtype', type(images).__name__)}, not float32")
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        problems.append(f"images {tuple(images.shape)}, expected N×{'×'.join(map(str, expected))}")
-    elif not torch.isfinite(images).all():
-        problems.append("non-finite images")
-    k = splits.num_classes
-    if labels.is_floating_point():
-        if labels.ndim != 2 or labels.shape[1] != k:
-            problems.append(f"soft labels {tuple(labels.shape)}, expected N×{k}")
-        elif not torch.isfinite(labels).all():
-            problems.append("non-finite soft labels")
-    elif labels.dtype != torch.int64 or labels.ndim != 1:
-        problems.append(f"labels are {labels.dtype} {tuple(labels.shape)}, expected int64 (N,)")
-    elif len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-        problems.append(f"labels outside 0..{k - 1}")
-    if not problems:
-        counts = torch.bincount(condensed.hard_labels().cpu(), minlength=k).tolist()
-        if method.uses_ipc and counts != [IPC] * k:
-            problems.append(f"images per class {counts}, expected IPC {IPC} of each of {k} classes")
-        if not method.uses_ipc and len(condensed) != len(splits.train):
-            problems.append(f"{len(condensed)} images, expected the {len(splits.train)} training images")
-    if condensed.lr is not None and not (math.isfinite(condensed.lr) and condensed.lr > 0):
-        problems.append(f"learned lr {condensed.lr}")
-    if problems:
-        raise _Fail("; ".join(problems))
-    kind = "soft" if labels.is_floating_point() else "hard"
-    return f"{len(condensed)} images {tuple(images.shape[1:])}, {kind} labels"
-
-
-def check_checkpoints(trial: Trial, method: Method, params: Any) -> str:
-    condensed = _need(trial)
-    if not trial.checkpoints:
-        raise _Fail("recorded no checkpoint (call task.checkpoint(iteration, seconds, val_scores))")
-    iterations = [c[0] for c in trial.checkpoints]
-    seconds = [c[1] for c in trial.checkpoints]
-    if not all(isinstance(i, int) and i >= 0 for i in iterations) or iterations != sorted(set(iterations)):
-        raise _Fail(f"iterations {iterations} are not increasing non-negative integers")
-    finite = all(isinstance(s, int | float) and math.isfinite(s) and s >= 0 for s in seconds)
-    if not finite or seconds != sorted(seconds):
-        raise _Fail(f"seconds {seconds} are not finite and non-decreasing")
-    for it, _, scores in trial.checkpoints:
-        for key in ("accuracy", "balanced_accuracy"):
-            value = scores.get(key)
-            if not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise _Fail(f"checkpoint {it}: val {key} is {value!r}, expected a number in [0, 1]")
-    if method.chooses(dataclasses.asdict(params)):
-        chosen = condensed.info.get("val_score")
-        if not any(chosen == scores["balanced_accuracy"] for _, _, scores in trial.checkpoints):
-            raise _Fail(f"info['val_score'] {chosen!r} is not the balanced accuracy of any checkpoint")
-    return f"{len(iterations)} checkpoints, iterations {iterations[0]}..{iterations[-1]}, {seconds[-1]:.3g} s"
-
-
-def check_provenance(condensed: CondensedSet, splits: Splits) -> str:
-    train = splits.normalize(splits.train.images).cpu()
-    index = {train[i].numpy().tobytes(): i for i in range(len(train))}
-    images = condensed.images.detach().cpu()
-    real = [r for r in range(len(images)) if images[r].numpy().tobytes() in index]
-    if not real:
-        raise _NotApplicable("returns no training image unchanged")
-    indices = condensed.extras.get("train_indices")
-    if indices is None:
-        raise _Fail(f"{len(real)} of {len(images)} images are training images, but extras['train_indices'] "
-                    f"is missing")
-    indices = indices.cpu().long().reshape(-1)
-    if len(indices) != len(images):
-        raise _Fail(f"extras['train_indices'] has {len(indices)} entries for {len(images)} images")
-    wrong = [r for r in real if not torch.equal(train[int(indices[r])], images[r])]
-    if wrong:
-        raise _Fail(f"extras['train_indices'] names the wrong training image for image(s) {wrong[:5]}")
-    return f"{len(real)} of {len(images)} images are training images, each named in extras['train_indices']"
-
-
-class _NotApplicable(Exception):
-    """A property that cannot apply to this output (found, not declared): its reason."""
-
-
 class Kit:
     """The checks on one method: generated data always, real data when present."""
 
@@ -341,9 +205,9 @@ class Kit:
             return Outcome(name, "n/a", self.method.exempt[name])
         try:
             return Outcome(name, "pass", check())
-        except _NotApplicable as exc:
+        except NotApplicable as exc:
             return Outcome(name, "n/a", str(exc))
-        except _Fail as exc:
+        except Fail as exc:
             return Outcome(name, "fail", str(exc))
 
     def _runner(self, splits: Splits, path: Path, watch: tuple[Path, ...], tag: str) -> Runner:
@@ -358,12 +222,12 @@ class Kit:
             return [Outcome("output", "fail", f"its conform params are invalid: {exc}")]
         base, again = runner.run(0), runner.run(0)
         results = [self._outcome("search-space", lambda: check_search_space(self.method)),
-                   self._outcome("output", lambda: check_output(_need(base), splits, self.method))]
+                   self._outcome("output", lambda: check_output(need(base), splits, self.method))]
         results.append(self._outcome("deterministic", lambda: self._deterministic(base, again)))
         results.append(self._outcome("seed", lambda: self._seed(runner, base)))
-        results.append(self._outcome("test-split", lambda: self._test_split(runner, base, path)))
+        results.append(self._outcome("test-split", lambda: self._test_split(runner, base)))
         results.append(self._outcome("checkpoints", lambda: check_checkpoints(base, self.method, runner.params)))
-        results.append(self._outcome("provenance", lambda: check_provenance(_need(base), splits)))
+        results.append(self._outcome("provenance", lambda: check_provenance(need(base), splits)))
         results.append(self._outcome("resume", lambda: self._resume(runner, base)))
         results.append(self._outcome("budget", lambda: self._budget(runner, base, again)))
         results.append(self._outcome("non-finite", lambda: self._non_finite(runner, base)))
@@ -377,47 +241,47 @@ class Kit:
         except MedbenchError as exc:
             return [Outcome(f"output [{REAL_DATASET}]", "fail", f"its conform params are invalid: {exc}")]
         base = runner.run(0)
-        return [self._outcome("output", lambda: check_output(_need(base), splits, self.method)).on(REAL_DATASET),
-                self._outcome("test-split", lambda: self._test_split(runner, base, path)).on(REAL_DATASET)]
+        return [self._outcome("output", lambda: check_output(need(base), splits, self.method)).on(REAL_DATASET),
+                self._outcome("test-split", lambda: self._test_split(runner, base)).on(REAL_DATASET)]
 
     # --- the checks that need more runs ---
 
     @staticmethod
     def _deterministic(base: Trial, again: Trial) -> str:
-        second = _need(again, "a second run with seed 0")
-        diff = _differences(_need(base), second)
+        second = need(again, "a second run with seed 0")
+        diff = differences(need(base), second)
         if diff:
-            raise _Fail("seed 0 twice gave different sets: " + ", ".join(diff))
+            raise Fail("seed 0 twice gave different sets: " + ", ".join(diff))
         return f"seed 0 twice: bit-identical ({fingerprint(second)[:12]})"
 
     @staticmethod
     def _seed(runner: Runner, base: Trial) -> str:
-        other = _need(runner.run(1), "the run with seed 1")
-        if not _differences(_need(base), other):
-            raise _Fail("seeds 0 and 1 gave the same set (the seed is ignored)")
+        other = need(runner.run(1), "the run with seed 1")
+        if not differences(need(base), other):
+            raise Fail("seeds 0 and 1 gave the same set (the seed is ignored)")
         return "seeds 0 and 1 give different sets"
 
     @staticmethod
-    def _test_split(runner: Runner, base: Trial, path: Path) -> str:
-        condensed = _need(base)
+    def _test_split(runner: Runner, base: Trial) -> str:
+        condensed = need(base)
         if base.opened:
-            raise _Fail(f"opened the dataset file {base.opened[0]} while distilling (tripwire)")
-        kit_data.poison_file(path)
+            raise Fail(f"opened the dataset file {base.opened[0]} while distilling (tripwire)")
+        kit_data.poison_file(runner.path)
         poisoned = dataclasses.replace(runner.splits, test=kit_data.poisoned_test(runner.splits.test))
         trial = runner.run(0, splits=poisoned)
-        other = _need(trial, "the run with a poisoned test split")
+        other = need(trial, "the run with a poisoned test split")
         if trial.opened:
-            raise _Fail(f"opened the dataset file {trial.opened[0]} while distilling (tripwire)")
-        diff = _differences(condensed, other)
+            raise Fail(f"opened the dataset file {trial.opened[0]} while distilling (tripwire)")
+        diff = differences(condensed, other)
         if diff:
-            raise _Fail("the set changed when the test split was replaced by other images: " + ", ".join(diff))
+            raise Fail("the set changed when the test split was replaced by other images: " + ", ".join(diff))
         return "no dataset file opened; bit-identical with the test split replaced by other images"
 
     @staticmethod
     def _resume(runner: Runner, base: Trial) -> str:
-        condensed = _need(base)
+        condensed = need(base)
         if len(base.reports) < 2:
-            raise _Fail("reported progress fewer than twice (task.report), so it cannot be interrupted midway")
+            raise Fail("reported progress fewer than twice (task.report), so it cannot be interrupted midway")
         # Runs are deterministic, so the same progress reports come in the same order: stop at the middle one.
         middle = len(base.reports) // 2
         stop = base.reports[middle]
@@ -425,41 +289,41 @@ class Kit:
         folder = runner.workdir / "checkpoints" / "resume"
         first = runner.run(0, checkpoint_dir=folder, interrupt=lambda done, total: next(calls) >= middle)
         if not isinstance(first.error, Interrupted):
-            raise _Fail(f"the interrupted run ended with {first.describe_error()} instead of the interruption")
+            raise Fail(f"the interrupted run ended with {first.describe_error()} instead of the interruption")
         if not folder.is_dir() or not any(folder.rglob("*")):
-            raise _Fail(f"interrupted at step {stop}, it left nothing in task.checkpoint_dir to resume from")
+            raise Fail(f"interrupted at step {stop}, it left nothing in task.checkpoint_dir to resume from")
         second = runner.run(0, checkpoint_dir=folder)
-        resumed = _need(second, "the resumed run")
+        resumed = need(second, "the resumed run")
         if len(second.reports) >= len(base.reports):
-            raise _Fail(f"interrupted at step {stop}, it started again from the beginning "
+            raise Fail(f"interrupted at step {stop}, it started again from the beginning "
                         f"({len(second.reports)} progress reports, as many as an uninterrupted run)")
-        diff = _differences(condensed, resumed)
+        diff = differences(condensed, resumed)
         if diff:
-            raise _Fail(f"interrupted at step {stop} and resumed, it differs from an uninterrupted run: "
+            raise Fail(f"interrupted at step {stop} and resumed, it differs from an uninterrupted run: "
                         + ", ".join(diff))
         return f"interrupted at step {stop} of {base.reports[-1]}, resumed from there: bit-identical"
 
     @staticmethod
     def _budget(runner: Runner, base: Trial, again: Trial) -> str:
-        _need(base)
+        need(base)
         # The faster of the two unbudgeted runs: a first run pays one-off costs a budget must not absorb.
         warm = min((base, again), key=lambda t: t.checkpoints[-1][1] if t.checkpoints else math.inf)
         timed = [(it, s) for it, s, _ in warm.checkpoints if it > 0]
         if len(timed) < 2:
-            raise _Fail("recorded fewer than two checkpoints after iteration 0, so its time cannot be checked "
+            raise Fail("recorded fewer than two checkpoints after iteration 0, so its time cannot be checked "
                         "against a budget")
         gap = max(b - a for a, b in itertools.pairwise([0.0, *(s for _, s in timed)]))
         budget = BUDGET_SHARE * timed[-1][1]
         trial = runner.run(0, budget=budget)
-        _need(trial, f"the run with budget_seconds {budget:.3g}")
+        need(trial, f"the run with budget_seconds {budget:.3g}")
         if not trial.checkpoints:
-            raise _Fail("recorded no checkpoint under a budget")
+            raise Fail("recorded no checkpoint under a budget")
         last_it, last_s = trial.checkpoints[-1][0], trial.checkpoints[-1][1]
         if last_it >= timed[-1][0]:
-            raise _Fail(f"ran all {last_it} iterations ({last_s:.3g} s) under a budget of {budget:.3g} s "
+            raise Fail(f"ran all {last_it} iterations ({last_s:.3g} s) under a budget of {budget:.3g} s "
                         f"({BUDGET_SHARE:.0%} of its {timed[-1][1]:.3g} s)")
         if last_s > budget + gap:
-            raise _Fail(f"stopped at {last_s:.3g} s, beyond the budget {budget:.3g} s plus one checkpoint gap "
+            raise Fail(f"stopped at {last_s:.3g} s, beyond the budget {budget:.3g} s plus one checkpoint gap "
                         f"({gap:.3g} s)")
         return (f"budget {budget:.3g} s: stopped at iteration {last_it} of {timed[-1][0]} after {last_s:.3g} s "
                 f"(allowed {budget + gap:.3g} s)")
@@ -475,21 +339,21 @@ class Kit:
 
         trial = runner.run(0, model=ArmedSpec(MODEL.name, MODEL.options, switch), on_report=arm)
         if not switch.fired:
-            raise _Fail("could not inject a non-finite loss: no network built from task.model ran after the "
+            raise Fail("could not inject a non-finite loss: no network built from task.model ran after the "
                         "first progress report (exempt the property with a reason if the method has no loss)")
         if isinstance(trial.error, CellFailed):
             return f"outputs turned NaN mid-run: the cell fails ({trial.error})"
         if trial.error is not None:
-            raise _Fail(f"outputs turned NaN mid-run: it raised {trial.describe_error()} instead of "
+            raise Fail(f"outputs turned NaN mid-run: it raised {trial.describe_error()} instead of "
                         "CellFailed (the harness would stop the whole run)")
         images = trial.condensed.images if trial.condensed is not None else None
         if images is not None and not torch.isfinite(images).all():
             return "outputs turned NaN mid-run: it returned non-finite images, which the harness fails"
-        raise _Fail("outputs turned NaN mid-run, yet it returned a finite set as done "
+        raise Fail("outputs turned NaN mid-run, yet it returned a finite set as done "
                     "(raise medbench.core.errors.CellFailed)")
 
 
-def conform(method: str, params: Mapping[str, Any] | None = None, *, data_root: Path | str | None = None,
+def conform(method: str, params: Mapping[str, Any] | None = None, *, data_root: Path | str | None = DEFAULT_DATA_ROOT,
             real: bool = True, workdir: Path | None = None) -> list[Outcome]:
     """Check ``method`` (a registered name) against every property; ``params`` override its declared
     tiny settings. Real data is used when ``data_root`` holds BreastMNIST and ``real`` is true."""

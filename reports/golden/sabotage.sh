@@ -6,7 +6,7 @@ root=${1:?the data root holding breastmnist.npz and pneumoniamnist.npz}
 for patch in reports/golden/dm_*.patch; do
   echo "=== $(basename "$patch" .patch)"
   git apply "$patch" || exit 2
-  medbench check --preset ci-golden --data-root "$root" --no-progress 2>/dev/null
+  medbench check --preset ci-golden --data-root "$root" --no-progress --verbose 2>/dev/null
   echo "exit status $?"
   git apply -R "$patch"
 done
