@@ -216,6 +216,7 @@ def test_conform_command_prints_one_line_per_property_and_exits_1_on_a_failure(b
     (["conform", "nosuch"], "unknown method 'nosuch'"),
     (["conform", "dm", "--method-args", "lr_imgg=1"], "unknown setting lr_imgg"),
     (["conform", "dm", "--method-args", "dc:lr_img=1"], "names dc, which is not checked here"),
+    (["conform", "package", "--method-args", "paht=x"], "method package: unknown setting paht"),
 ])
 def test_conform_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2

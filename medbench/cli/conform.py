@@ -4,12 +4,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from medbench.cli.gridargs import parse_method_args
 from medbench.core.errors import MedbenchError
 from medbench.data.registry import DEFAULT_DATA_ROOT
-from medbench.distill.contract import get_method, list_methods
+from medbench.distill.contract import Method, get_method, list_methods
+
+
+def _check_settings(method: Method, values: Mapping[str, Any], complete: bool) -> None:
+    """Build the params (``complete``: the values hold every required setting), or check the names only
+    (a method whose kit settings are made at run time, e.g. ``package``'s folder)."""
+    if complete:
+        method.make_params(values)
+        return
+    known = {f.name for f in dataclasses.fields(method.params)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise MedbenchError(f"method {method.name}: unknown setting {unknown[0]}; known: {', '.join(sorted(known))}")
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
@@ -19,8 +34,11 @@ def cmd_conform(args: argparse.Namespace) -> int:
     if not names:
         raise MedbenchError("name a method (medbench conform dm) or pass --all")
     overrides = parse_method_args(args.method_args, names)
-    for name in names:
-        get_method(name).make_params(overrides.get(name))  # unknown methods and bad values: one line, exit 2
+    for name in names:  # unknown methods, settings and bad values: one line, exit 2
+        method = get_method(name)
+        declared = method.conform_params if isinstance(method.conform_params, Mapping) else None
+        if declared is not None or name in overrides:
+            _check_settings(method, {**(declared or {}), **overrides.get(name, {})}, declared is not None)
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise MedbenchError(f"--method-args names {', '.join(unknown)}, which is not checked here")
