@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from medbench.nn.blocking import BLOCK_BYTES
+
 PACKAGES = ("medbench", "torch", "torchvision", "numpy", "medmnist", "kornia", "scikit-learn", "scipy")
 
 
@@ -46,4 +48,6 @@ def environment(device: torch.device) -> dict:
         or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels' instruction set (AVX2, ...)
+        # the compute path: forward/backward passes in cache-sized blocks on a CPU (medbench.nn.blocking)
+        "cpu_block_bytes": BLOCK_BYTES if device.type == "cpu" else None,
     }
