@@ -105,3 +105,26 @@ def test_speed_options_are_measured_one_at_a_time(tmp_path):
     assert all(r["vs_baseline"] == 1.0 for r in rows if r["variant"] == "baseline")
     table = "\n".join(_render_options(rows, {"width": 4, "epochs": 1}))
     assert "| 1 | grouped |" in table and "n/a (CUDA only)" in table and "bf16 autocast" in table
+
+
+def test_the_kernels_section_counts_flops_and_compares_with_the_measured_peak(monkeypatch):
+    """The section's machinery on one tiny step (no timing claims: the numbers only have to exist)."""
+    from types import SimpleNamespace
+
+    from medbench.bench import kernels
+    from medbench.nn import blocking
+
+    monkeypatch.setattr(kernels, "WIDTH", 8)
+    monkeypatch.setattr(kernels, "SIZE", 8)
+    monkeypatch.setattr(kernels, "STEPS", (("tiny step", "a tiny training step", lambda: kernels._train_step(16)),))
+    monkeypatch.setattr(kernels, "peak_flops", lambda dtype: 1e10)
+    saved = blocking.BLOCK_BYTES
+    result = kernels.bench_kernels(SimpleNamespace(repeats=1), torch.device("cpu"), lambda line: None)
+    assert saved == blocking.BLOCK_BYTES  # restored after timing one pass
+    [row] = result["rows"]
+    # 16 images at 8 px, width 8: the first convolution alone is 2·3·8·9·64 FLOPs per image forward
+    assert row["gflop"] * 1e9 > 16 * 2 * 3 * 8 * 9 * 64
+    assert row["of_peak"] == pytest.approx(row["gflops"] * 1e9 / 1e10)
+    assert 0 < row["vendor_share"] <= 1 and row["one_pass_s"] > 0 and row["blocks_s"] > 0
+    text = "\n".join(kernels.render_kernels(result))
+    assert "| tiny step |" in text and "10.0 GFLOP/s fp32" in text

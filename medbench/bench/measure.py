@@ -352,8 +352,10 @@ def _seeded() -> Iterator[None]:
         torch.manual_seed(0)
         yield
 
-SECTIONS = ("eval", "options", "predict", "dc", "dm", "mtt", "experts")
+SECTIONS = ("eval", "options", "predict", "dc", "dm", "mtt", "experts", "kernels")
 
-OPT_IN = ("options",)  # run only when named in --only: many compilations on a CPU take long
+# Run only when named in --only: many compilations on a CPU take long; the kernels section times the
+# official width one pass and in blocks (minutes on a CPU).
+OPT_IN = ("options", "kernels")
 
 PROJECTION_NEEDS = ("eval", "predict", "dc", "mtt", "experts")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from medbench.bench.kernels import bench_kernels, render_kernels
 from medbench.bench.measure import (
     EIGHT,
     MODES,
@@ -128,6 +129,8 @@ def render(results: dict[str, Any]) -> str:
         out += ["## Expert-buffer training", "",
                 f"{e['images_per_s']:,.0f} images/s ({e['images']} images × {e['epochs']} epochs, DSA, plain SGD).",
                 ""]
+    if results.get("kernels"):
+        out += render_kernels(results["kernels"])
     if results.get("projection"):
         p = results["projection"]
         where = "this CPU" if m["device"].startswith("cpu") else m.get("gpu", m["device"])
@@ -185,7 +188,7 @@ def run_bench(s: Settings, out_dir: Path, command: str, log: Callable[[str], Non
     results: dict[str, Any] = {"date": dt.date.today().isoformat(), "device_slug": _slug(device),
                                "command": command, "settings": dataclasses.asdict(s), "load_start": load_start}
     sections = {"eval": bench_eval, "options": bench_options, "predict": bench_predict, "dc": bench_dc,
-                "dm": bench_dm, "mtt": bench_mtt, "experts": bench_experts}
+                "dm": bench_dm, "mtt": bench_mtt, "experts": bench_experts, "kernels": bench_kernels}
     only = set(s.only or set(sections) - set(OPT_IN))
     if s.projection and not set(PROJECTION_NEEDS) <= only:
         raise MedbenchError(f"--projection needs the sections {','.join(PROJECTION_NEEDS)}")

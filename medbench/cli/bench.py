@@ -64,7 +64,9 @@ def register(subparsers: Any) -> None:
                    help="only recompute the projection of a saved report (no measurements)")
     p.add_argument("--only", type=_sections,
                    help=f"comma-separated sections of {','.join(SECTIONS)} (default: all but "
-                        f"{','.join(OPT_IN)}, which compiles many times and runs only when named)")
+                        f"{','.join(OPT_IN)}, which run only when named: options compiles many times, kernels "
+                        "times the official "
+                        "width one pass and in blocks)")
     p.set_defaults(func=cmd_bench)
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -30,6 +30,7 @@ from medbench.core.hparams import check
 from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
 from medbench.nn.augment import SiameseAugment
+from medbench.nn.blocking import gradients
 
 from . import synthetic as syn
 
@@ -115,9 +116,9 @@ def real_gradients(net: nn.Module, batches: Sequence[torch.Tensor]) -> list[torc
     vmap, ``reports/bench/gpu-2026-11-23.md``)."""
     weights = [p for p in net.parameters()]
     per_class = []
-    for c, x in enumerate(batches):
+    for c, x in enumerate(batches):  # each class in cache-sized blocks on a CPU (medbench.nn.blocking)
         y = torch.full((x.shape[0],), c, device=x.device)
-        per_class.append(torch.autograd.grad(F.cross_entropy(net(x), y), weights))
+        per_class.append(gradients(net, x, y, weights, F.cross_entropy))
     return [torch.stack(g) for g in zip(*per_class, strict=True)]
 
 

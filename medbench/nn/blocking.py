@@ -52,3 +52,19 @@ def in_blocks(fn: Callable[[torch.Tensor], torch.Tensor], net: nn.Module, images
     if block >= images.shape[0]:
         return fn(images)
     return torch.cat([fn(chunk) for chunk in images.split(block)])
+
+
+def gradients(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, params: list[torch.Tensor],
+              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """d mean-``loss`` / d ``params`` over a batch, accumulated block by block (each block's mean loss
+    weighted by its share): the batch's gradient up to float rounding."""
+    block = block_size(net, images)
+    n = images.shape[0]
+    if block >= n:
+        return torch.autograd.grad(loss(net(images), labels), params)
+    total: tuple[torch.Tensor, ...] | None = None
+    for xb, yb in zip(images.split(block), labels.split(block), strict=True):
+        part = torch.autograd.grad(loss(net(xb), yb) * (xb.shape[0] / n), params)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+    assert total is not None
+    return total

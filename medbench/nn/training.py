@@ -83,7 +83,7 @@ def train_network(
             if augment is not None:
                 x = augment(x, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss = _backward(model, x, labels[batch], forward_context)
+            loss = backward_in_blocks(model, x, labels[batch], forward_context)
             optimizer.step()
         if divergence_check_due(epoch, epochs) and not bool(torch.isfinite(loss.detach())):
             raise TrainingDiverged(epoch + 1)
@@ -92,10 +92,12 @@ def train_network(
     return model
 
 
-def _backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, forward_context: Any) -> torch.Tensor:
+def backward_in_blocks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       forward_context: Any = None) -> torch.Tensor:
     """The mean loss of one SGD step, its gradients accumulated into ``model``: on a CPU in
     cache-sized blocks of the batch (:mod:`medbench.nn.blocking`), each block's loss weighted by its
     share, so the gradient is the batch's up to float rounding (~2e-5 relative at width 128)."""
+    forward_context = forward_context if forward_context is not None else contextlib.nullcontext()
     block = block_size(model, x)
     if block >= x.shape[0]:
         with forward_context:

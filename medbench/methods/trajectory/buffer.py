@@ -61,7 +61,7 @@ from medbench.core.seeds import derived_seed
 from medbench.data.splits import Split, Splits, TrainGeometry
 from medbench.nn.augment import AugmentConfig, dsa
 from medbench.nn.models import ModelSpec
-from medbench.nn.training import accuracy, loss_fn
+from medbench.nn.training import accuracy, backward_in_blocks
 from medbench.nn.whitening import ZCA
 
 FORMAT_VERSION = 1
@@ -370,9 +370,8 @@ def _train_expert(data: _Data, config: ExpertConfig, index: int, zca: ZCA | None
                 x = zca(x)
             if augment is not None:
                 x = augment(x, generator)
-            loss = loss_fn(model(x), data.train.labels[batch])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            backward_in_blocks(model, x, data.train.labels[batch])  # cache-sized blocks on a CPU
             optimizer.step()
         snapshots.append(flat.flatten().cpu())
         on_epoch(epoch + 1)
