@@ -76,3 +76,22 @@ def test_coreset_methods_select_real_images_deterministically(name):
 def test_kcenter_never_picks_an_image_twice_among_identical_rows():
     rows = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     assert sorted(kcenter_order(rows, 4)) == [0, 1, 2, 3] and len(set(kcenter_order(rows, 3))) == 3
+
+
+def test_herding_and_kcenter_share_one_embedding_network_per_seed(monkeypatch):
+    """Every IPC of a seed, herding and k-center alike, trains the embedding network once per process;
+    another seed trains its own; the sets equal those made without the cache."""
+    from medbench.methods import coresets
+
+    splits = make_splits(num_classes=3, size=8, per_class=20)
+    calls = []
+    real = coresets._embeddings
+    monkeypatch.setattr(coresets, "_embeddings", lambda task, params: calls.append(task.seed) or real(task, params))
+    params = get_method("herding").make_params({"embed_epochs": 1})
+    cached = {(name, ipc, seed): get_method(name).run(make_task(splits, ipc=ipc, seed=seed), params)
+              for seed in (0, 1) for name in ("herding", "kcenter") for ipc in (1, 3)}
+    assert calls == [0, 1]
+    monkeypatch.setattr(coresets, "CACHED", 0)  # every call trains again
+    for (name, ipc, seed), condensed in cached.items():
+        fresh = get_method(name).run(make_task(splits, ipc=ipc, seed=seed), params)
+        assert torch.equal(fresh.images, condensed.images), (name, ipc, seed)

@@ -17,6 +17,8 @@ privacy audit knows what they are.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,7 @@ from medbench.core import seeds
 from medbench.core.hparams import check
 from medbench.core.seeds import generator_for
 from medbench.distill.contract import CondensedSet, DistillTask, register_method
+from medbench.nn.models import ModelSpec
 from medbench.nn.training import train_network
 
 from . import synthetic as syn
@@ -40,9 +43,49 @@ class CoresetParams:
         check(self.embed_lr > 0, f"embed_lr must be positive, got {self.embed_lr}")
 
 
+# Features of recent (training split, seed, network, settings): herding and k-center at every IPC of a
+# seed share one embedding network, trained once per process instead of once per cell. Keyed weakly
+# on the training images tensor (a dataset stays loaded across its cells), so a freed dataset's
+# entry goes with it; at most CACHED entries are kept (N_train × D float64 each).
+CACHED = 2
+_features: dict[int, tuple[weakref.ref, OrderedDict[tuple, torch.Tensor]]] = {}
+
+
+def _entries(images: torch.Tensor) -> OrderedDict[tuple, torch.Tensor]:
+    """The cache of one training images tensor (by identity: tensors compare element-wise, so they
+    cannot key a WeakKeyDictionary); dropped when the tensor is freed."""
+    held = _features.get(id(images))
+    if held is None or held[0]() is not images:
+        held = (weakref.ref(images), OrderedDict())
+        _features[id(images)] = held
+        weakref.finalize(images, _features.pop, id(images), None)
+    return held[1]
+
+
+def _cache_key(task: DistillTask, params: CoresetParams) -> tuple:
+    probe = torch.tensor([0, 255], dtype=torch.uint8, device=task.device).view(2, 1, 1, 1).expand(
+        2, task.channels, 1, 1)
+    affine = tuple(task.normalize(probe).flatten().tolist())  # the normalisation, as numbers
+    return (task.seed, task.model.name, repr(sorted(task.model.options.items())), params, affine)
+
+
+def embeddings(task: DistillTask, params: CoresetParams) -> torch.Tensor:
+    """(N_train, D) penultimate features of the task's network trained on the real training split,
+    from the process's cache when another cell of this dataset, seed and settings made them."""
+    if type(task.model) is not ModelSpec:  # a subclass may build other networks (the kit's NaN probe)
+        return _embeddings(task, params)
+    entries = _entries(task.train.images)
+    key = _cache_key(task, params)
+    if key not in entries:
+        entries[key] = _embeddings(task, params)
+        while len(entries) > CACHED:
+            entries.popitem(last=False)
+    entries.move_to_end(key)
+    return entries[key]
+
+
 @torch.no_grad()
-def embeddings(task: DistillTask, params: CoresetParams, batch_size: int = 1024) -> torch.Tensor:
-    """(N_train, D) penultimate features of the task's network trained on the real training split."""
+def _embeddings(task: DistillTask, params: CoresetParams, batch_size: int = 1024) -> torch.Tensor:
     generator = generator_for(task.seed, seeds.EMBED, 0)
     net = syn.fresh_model(task, generator)
     images = task.normalize(task.train.images)
