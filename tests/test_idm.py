@@ -101,6 +101,7 @@ def test_idm_end_to_end_resume_and_evaluation_on_the_expansion(splits, tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
         method.run(make_task(splits, ipc=2, checkpoint_dir=tmp_path, progress=stop), params)
+    assert (tmp_path / "idm_queue.pt").is_file()  # the queue of the last checkpoint, saved beside it
     resumed = method.run(make_task(splits, ipc=2, checkpoint_dir=tmp_path), params)
     assert torch.equal(resumed.images, whole.images) and without_timings(resumed.info) == without_timings(whole.info)
     # The protocol trains on the expansion: a 4-image set evaluates like its 16 expanded images.
@@ -139,3 +140,29 @@ def test_expansion_equals_the_official_number_sign_augment():
     official = torch.cat([torch.nn.functional.interpolate(q, scale_factor=2, mode="bilinear") for q in quads])
     images, labels = partition.expand(x, y, 2)
     assert torch.allclose(images, official) and labels.tolist() == y.repeat(4).tolist()
+
+
+@pytest.mark.parametrize("queue_file", ["saved", "stale", "missing"])
+def test_resume_loads_the_saved_queue_and_replays_without_it(splits, tmp_path, monkeypatch, queue_file):
+    method = get_method("idm")
+    params = method.make_params(FAST)
+    whole = method.run(make_task(splits, ipc=2), params)
+
+    def stop(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        method.run(make_task(splits, ipc=2, checkpoint_dir=tmp_path, progress=stop), params)
+    path = tmp_path / "idm_queue.pt"
+    if queue_file == "stale":  # a crash between the queue's write and the state's: another iteration
+        payload = torch.load(path, weights_only=True)
+        torch.save({**payload, "iteration": payload["iteration"] + 1}, path)
+    elif queue_file == "missing":
+        path.unlink()
+    replays = []
+    original = ModelQueue.advance
+    monkeypatch.setattr(ModelQueue, "advance", lambda self, it: (replays.append(it), original(self, it)))
+    resumed = method.run(make_task(splits, ipc=2, checkpoint_dir=tmp_path), params)
+    assert torch.equal(resumed.images, whole.images)
+    assert (replays == []) if queue_file == "saved" else (replays == [2])

@@ -155,6 +155,26 @@ def test_implementations_agree_end_to_end(task, experts_root):
     assert torch.allclose(a.images, b.images, atol=1e-4)
 
 
+@pytest.mark.parametrize(("budget", "chosen"), [(2**40, "unrolled"), (1, "tesla")])
+def test_auto_unrolls_when_the_graph_fits_the_memory_budget(task, experts_root, budget, chosen):
+    out = run(dataclasses.replace(task, memory_budget=budget), experts_root, eval_every=100)
+    assert out.info["implementation"] == chosen
+    counted = out.info["implementation_chosen_by"]
+    assert counted["memory_budget"] == budget and counted["unrolled_bytes"] > 0
+    same = run(task, experts_root, implementation=chosen, eval_every=100)
+    assert torch.equal(out.images, same.images)  # auto is the chosen implementation, nothing else
+
+
+def test_counted_graph_grows_with_the_unroll():
+    from medbench.methods.trajectory.unroll import unrolled_bytes
+
+    net, images, labels, start, _ = tiny_problem(torch.float32)
+    lr = torch.tensor(0.1)
+    sizes = [unrolled_bytes(net, images, labels, lr, start, plan_unroll(len(images), 4, j, torch.Generator()))
+             for j in (1, 2, 8)]
+    assert sizes[0] > 4 * images.numel() and sizes[1] == 2 * sizes[0] and sizes[2] == 8 * sizes[0]
+
+
 def test_resume_after_interruption_matches_uninterrupted(task, experts_root, tmp_path):
     full = run(task, experts_root, iterations=6, eval_every=2, **{"lr_img": 100.0})
 

@@ -41,6 +41,31 @@ def test_architecture_version_is_part_of_the_protocol_identity():
     assert Protocol.from_record({"epochs": 300}).name == "unnamed"  # stored before names
 
 
+def test_bf16_precision_is_part_of_the_identity_and_runs_under_autocast(monkeypatch):
+    import dataclasses
+
+    from medbench.distill.contract import CondensedSet
+    from medbench.evaluation import evaluate
+    from medbench.nn import training
+
+    assert "precision" not in Protocol().identity()  # cells stored before it keep their ids
+    bf16 = Protocol(precision="bf16")
+    assert bf16.identity()["precision"] == "bf16" and Cell("random", "x", 28, 1, 0, {}, bf16).protocol_id != \
+        Cell("random", "x", 28, 1, 0, {}, Protocol()).protocol_id
+    with pytest.raises(MedbenchError, match="unknown precision 'fp16'"):
+        Protocol(precision="fp16")
+    splits = make_splits()
+    condensed = CondensedSet(splits.train.images[:6].float() / 255, splits.train.labels[:6])
+    protocol = Protocol(width=8, depth=2, epochs=2, eval_models=1, augment="none")
+    seen = []
+    original = training.train_network
+    monkeypatch.setattr("medbench.evaluation.protocol.train_network",
+                        lambda *a, amp=False, **k: (seen.append(amp), original(*a, amp=amp, **k))[1])
+    evaluate(condensed, splits, protocol, seed=0, batching="sequential")
+    evaluate(condensed, splits, dataclasses.replace(protocol, precision="bf16"), seed=0, batching="sequential")
+    assert seen == [False, True]
+
+
 def test_unknown_protocol_is_one_line_and_writes_nothing(tmp_path, capsys):
     db = tmp_path / "out" / "r.sqlite"
     npz = write_npz(tmp_path / "toy.npz", make_arrays())

@@ -16,6 +16,7 @@ from medbench.data.registry import DEFAULT_DATA_ROOT
 from medbench.distill.contract import SELECTION_METRICS
 from medbench.evaluation import Protocol
 from medbench.evaluation.named import DEFAULT_PROTOCOL, PROTOCOLS, named_protocol
+from medbench.evaluation.protocol import PRECISIONS
 from medbench.harness.grid import GridSpec
 from medbench.harness.gridfile import preset_path, read_grid_file
 from medbench.storage.store import DEFAULT_DB
@@ -89,6 +90,9 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--eval-augment", dest="augment",
                    help="train-time augmentation of eval networks: none or dsa "
                         "(default: the protocol's; dsa: dsa, dc: none)")
+    e.add_argument("--eval-precision", dest="precision", choices=PRECISIONS,
+                   help="arithmetic of the eval networks' forward passes: fp32 or bf16 autocast; part of the "
+                        "protocol (default: fp32; reports/bf16 compares them)")
     r = p.add_argument_group("data and storage")
     r.add_argument("--data-root", type=Path, help=f"MedMNIST root folder (default: {DEFAULT_DATA_ROOT})")
     r.add_argument("--download", action="store_true", default=None,
@@ -98,14 +102,14 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
 
 
 PROTOCOL_OPTIONS = ("eval_models", "epochs", "full_epochs", "lr", "batch_size", "model", "width", "depth", "norm",
-                    "augment")
+                    "augment", "precision")
 GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "seeds": "seeds", "size": "size",
                 "data_root": "data_root", "download": "download", "db": "db", "device": "device",
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
                 "ray_address": "ray_address", "eval_batching": "eval_batching",
                 "eval_compile": "eval_compile", "tuned": "tuned", "budget_seconds": "budgets",
                 "selection_metric": "selection_metric", "matched_baselines": "matched_baselines", "wait": "wait",
-                "drop_duplicates": "drop_duplicates"}
+                "drop_duplicates": "drop_duplicates", "memory_budget": "memory_budget"}
 
 
 def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:

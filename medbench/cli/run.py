@@ -34,6 +34,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--eval-compile", choices=list(COMPILE_MODES),
                    help="torch.compile the eval networks (inductor), or also replay them as CUDA graphs "
                         "(cuda-graphs); pays only for long evaluations: 3-8 s compilation per shape (default: off)")
+    r.add_argument("--memory-budget", type=positive(float), metavar="GIB",
+                   help="memory one cell may plan for, in GiB: chooses between paths that compute the same thing "
+                        "(MTT/DATM unroll when their graph fits, else recompute) (default: half the free memory "
+                        "divided among the workers)")
     r.add_argument("--retry-failed", action="store_true", default=None, help="run failed cells again")
     r.add_argument("--no-wait", dest="wait", action="store_false", default=None,
                    help="after this process's own cells, do not wait for the cells other processes on the database "

@@ -38,3 +38,30 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MedbenchError(f"device {name!r} asked for, but CUDA is not available here")
     return device
+
+
+# Share of the device's free memory a process takes by default (``--memory-budget``): half, so the
+# data, the evaluation networks and the operating system keep the rest.
+MEMORY_SHARE = 0.5
+
+
+def free_bytes(device: torch.device | str) -> int:
+    """Memory free on ``device`` now: CUDA's free memory, or the host's ``MemAvailable``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_memory_budget(device: torch.device | str, processes: int = 1) -> int:
+    """Bytes one of ``processes`` workers may plan for (:data:`MEMORY_SHARE` of the free memory)."""
+    return int(free_bytes(device) * MEMORY_SHARE / max(1, processes))

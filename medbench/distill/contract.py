@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from medbench.core import hparams
-from medbench.core.devices import to_device
+from medbench.core.devices import default_memory_budget, to_device
 from medbench.core.errors import MedbenchError
 from medbench.core.registry import Registry
 from medbench.data.splits import Split, Splits, TrainGeometry
@@ -100,6 +100,9 @@ class DistillTask(TrainGeometry):
     on_checkpoint: Callable[[int, float, dict[str, float]], None] | None = None
     budget_seconds: float | None = None  # iterative methods stop after this many distillation seconds
     selection_metric: str = DEFAULT_SELECTION  # the val score candidates are chosen by (SELECTION_METRICS)
+    # Bytes a method may plan to hold (e.g. MTT's unrolled graph); None: half the device's free memory.
+    # Chooses between paths that compute the same thing, never what is computed.
+    memory_budget: int | None = None
 
     @cached_property
     def class_indices(self) -> list[torch.Tensor]:
@@ -129,6 +132,10 @@ class DistillTask(TrainGeometry):
         pool = self.class_indices[c]
         order = to_device(torch.randperm(len(pool), generator=generator, device="cpu")[:n], pool.device)
         return self.real(pool[order])
+
+    def memory_bytes(self) -> int:
+        """:attr:`memory_budget`, or the machine's default (:func:`default_memory_budget`)."""
+        return self.memory_budget if self.memory_budget is not None else default_memory_budget(self.device)
 
     def build_model(self) -> torch.nn.Module:
         return self.model.build(self.channels, self.num_classes, self.size).to(self.device)

@@ -53,7 +53,10 @@ SOFT_LABEL_LOSSES: dict[str, str] = {
 
 # Settings added after cells were stored: they enter a protocol's identity only when changed from
 # these defaults, so cells stored earlier keep their protocol_id and cell_id.
-_LATER_FIELDS = {"soft_label_loss": "soft_ce"}
+_LATER_FIELDS = {"soft_label_loss": "soft_ce", "precision": "fp32"}
+
+# Forward-pass precisions by name (:attr:`Protocol.precision`).
+PRECISIONS = ("fp32", "bf16")
 
 # Metric-name prefix of a soft-label set's second evaluation, with hard labels (DD-Ranking's HLR).
 HARD_LABELS = "hard_labels_"
@@ -88,6 +91,9 @@ class Protocol:
     eval_models: int = 5
     augment: str = "dsa"  # "dsa": DSA's augmentation (per-image draws) while training on the set; or "none"
     soft_label_loss: str = "soft_ce"  # sets with soft labels train with this loss (SOFT_LABEL_LOSSES)
+    # Arithmetic of the networks' forward passes: "fp32", or "bf16" autocast (losses stay float32). It
+    # changes the numbers, so it is part of the protocol's identity (reports/bf16 measures both).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1 and self.full_epochs >= 1, "epochs must be at least 1")
@@ -99,6 +105,8 @@ class Protocol:
               f"unknown eval augmentation {self.augment!r}; available: {', '.join(EVAL_AUGMENTS)}")
         check(self.soft_label_loss in SOFT_LABEL_LOSSES,
               f"unknown soft-label loss {self.soft_label_loss!r}; available: {', '.join(SOFT_LABEL_LOSSES)}")
+        check(self.precision in PRECISIONS,
+              f"unknown precision {self.precision!r}; available: {', '.join(PRECISIONS)}")
 
     def model_spec(self) -> ModelSpec:
         options = {"width": self.width, "depth": self.depth, "norm": self.norm}
@@ -286,13 +294,16 @@ def _evaluate(condensed: CondensedSet, splits: Splits, protocol: Protocol, *, se
     lr = condensed.lr if (protocol.use_learned_lr and condensed.lr) else protocol.lr
     epochs = protocol.full_epochs if full else protocol.epochs
     seeds = model_seeds(seed, protocol.eval_models)
+    options = options or DEFAULT_OPTIONS
+    if protocol.precision == "bf16":
+        options = dataclasses.replace(options, amp=True)
     try:
         trained = train_models(
             images, labels, seeds, spec=protocol.model_spec(), channels=splits.channels,
             num_classes=splits.num_classes, size=splits.size, epochs=epochs, lr=lr, momentum=protocol.momentum,
             weight_decay=protocol.weight_decay, batch_size=protocol.batch_size,
             augment=EVAL_AUGMENTS[protocol.augment](splits.channels), batching=batching,
-            options=options or DEFAULT_OPTIONS, on_epoch=on_epoch,
+            options=options, on_epoch=on_epoch,
         )
     except TrainingDiverged as exc:
         raise CellFailed(f"evaluation network {exc.model} (seed {seeds[exc.model]}) diverged: non-finite training "

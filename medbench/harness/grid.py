@@ -92,6 +92,7 @@ class GridSpec:
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or HOST:PORT to join one
     eval_batching: str = "auto"  # how the K eval networks are trained; same numbers, so not part of a cell
     eval_compile: str = "off"  # torch.compile / CUDA graphs for eval training (speed only, like eval_batching)
+    memory_budget: float | None = None  # GiB a cell may plan for (speed only); None: the machine's default
     tuned: bool = False  # use the configurations `medbench tune` stored in ``db``
     # Distillation budgets in seconds: every cell of an iterative method once per budget, stopped there
     # with its val-chosen checkpoint (equal-compute comparisons); () or (None,): no budget.

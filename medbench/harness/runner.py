@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from medbench.core.devices import resolve_device
+from medbench.core.devices import default_memory_budget, resolve_device
 from medbench.core.errors import CellFailed, GridUnfinished, MedbenchError
 from medbench.core.files import check_writable
 from medbench.core.signals import check as check_signals
@@ -123,7 +123,7 @@ def model_rows(scores: Iterable[ModelScore]) -> list[ModelRow]:
 
 
 def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None, batching: str = "auto",
-             compile_mode: str = "off") -> Outcome:
+             compile_mode: str = "off", memory_budget: int | None = None) -> Outcome:
     """Distil and evaluate one cell; a method that cannot finish gives a failed record."""
     bar = bar or _Bar(False)
     method = get_method(cell.method)
@@ -132,7 +132,7 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
         train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=cell.ipc or 0,
         seed=cell.seed, device=splits.device, normalize=splits.normalize, model=cell.protocol.model_spec(),
         checkpoint_dir=workdir / "checkpoints" / cell.cell_id, progress=bar.update, budget_seconds=cell.budget,
-        selection_metric=cell.selection,
+        selection_metric=cell.selection, memory_budget=memory_budget,
     )
     torch.manual_seed(cell.seed)  # for methods that draw from the global generator
     try:
@@ -203,22 +203,29 @@ def _run_local(cells: Iterable[Cell], spec: GridSpec, device: torch.device, prog
     for cell in cells:
         splits = _load(cell.dataset, cell.size, str(spec.data_root), spec.download, str(device), cell.drop_duplicates)
         yield run_cell(cell, splits, spec.db.parent, bar, batching=spec.eval_batching,
-                       compile_mode=spec.eval_compile)
+                       compile_mode=spec.eval_compile, memory_budget=_memory_budget(spec.memory_budget, device, 1))
+
+
+def _memory_budget(gib: float | None, device: torch.device | str, processes: int) -> int:
+    """``--memory-budget`` in bytes, or the default of this machine shared by ``processes`` workers."""
+    return int(gib * 2**30) if gib is not None else default_memory_budget(device, processes)
 
 
 def execute_cell(cell: Cell, root: str, download: bool, device: str, workdir: str, batching: str,
-                 compile_mode: str, threads: int) -> Outcome:
-    """Run one cell in a worker process (pool or Ray): load (cached), check, distil, evaluate."""
+                 compile_mode: str, memory_gib: float | None, threads: int) -> Outcome:
+    """Run one cell in a worker process (pool or Ray): load (cached), check, distil, evaluate. The
+    default memory budget is this machine's, shared by as many workers as its cores hold."""
     torch.set_num_threads(threads)
     splits = _load(cell.dataset, cell.size, root, download, device, cell.drop_duplicates)
     check_ipc([cell], splits)
-    return run_cell(cell, splits, Path(workdir), batching=batching, compile_mode=compile_mode)
+    budget = _memory_budget(memory_gib, device, max(1, (os.cpu_count() or 1) // threads))
+    return run_cell(cell, splits, Path(workdir), batching=batching, compile_mode=compile_mode, memory_budget=budget)
 
 
 def _worker_args(spec: GridSpec, device: torch.device) -> tuple:
     threads = max(1, (os.cpu_count() or 1) // spec.workers)
     return (str(spec.data_root), spec.download, str(device), str(spec.db.parent.resolve()), spec.eval_batching,
-            spec.eval_compile, threads)
+            spec.eval_compile, spec.memory_budget, threads)
 
 
 def _ignore_interrupts() -> None:

@@ -30,17 +30,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medbench.core import seeds
+from medbench.core.files import atomic_open
 from medbench.core.hparams import check
 from medbench.core.seeds import generator_for
 from medbench.distill import partition
 from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
+from medbench.nn.training import backward_in_blocks
 
 from . import synthetic as syn
 from .dm import embedding_gap
@@ -87,9 +90,10 @@ class Queued:
 
 
 class ModelQueue:
-    """IDM's queue of networks training on real data. Its evolution draws only from its own
-    per-iteration generators (never from the images), so ``advance`` replays it exactly: a resumed
-    run rebuilds the queue of the iteration it resumes from."""
+    """IDM's queue of networks training on real data. Its state is saved with every checkpoint
+    (:meth:`save`) and loaded on resume; without that file (an older run, or a crash between the two
+    writes) ``advance`` replays it exactly, since its evolution draws only from its own per-iteration
+    generators (never from the images)."""
 
     def __init__(self, task: DistillTask, params: IDMParams) -> None:
         self.task, self.params = task, params
@@ -128,12 +132,11 @@ class ModelQueue:
                 idx = torch.randint(len(task.train.labels), (self.params.batch_train,), generator=g)
                 idx = idx.to(task.train.labels.device)
                 x, y = task.real(idx), task.train.labels[idx].long()
-                logits = queued.net(x)
-                loss = F.cross_entropy(logits, y)
                 queued.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                logits: list[torch.Tensor] = []
+                backward_in_blocks(queued.net, x, y, logits_out=logits)  # cache-sized blocks on a CPU
                 queued.optimizer.step()
-                correct += int((logits.argmax(1) == y).sum())
+                correct += int((torch.cat(logits).argmax(1) == y).sum())
                 seen += len(y)
             if seen:
                 queued.accuracy = 100.0 * correct / seen
@@ -144,6 +147,35 @@ class ModelQueue:
         for it in range(self.iteration, iteration):
             self.before(it)
             self.after(it)
+
+    def save(self, path: Path) -> None:
+        """The queue as it stands (networks, optimiser momenta, accuracies), written atomically."""
+        payload = {"iteration": self.iteration, "created": self.created,
+                   "nets": [q.net.state_dict() for q in self.nets],
+                   "optimizers": [q.optimizer.state_dict() for q in self.nets],
+                   "accuracies": [q.accuracy for q in self.nets]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as fh:
+            torch.save(payload, fh)
+
+    def restore(self, path: Path, iteration: int) -> bool:
+        """Load the queue saved at ``iteration``; False (nothing changed) when there is none."""
+        if not path.is_file():
+            return False
+        payload = torch.load(path, map_location=self.task.device, weights_only=True)
+        if payload["iteration"] != iteration:
+            return False
+        self.nets = []
+        for net_state, opt_state, accuracy in zip(payload["nets"], payload["optimizers"], payload["accuracies"],
+                                                  strict=True):
+            net = self.task.build_model()
+            net.load_state_dict(net_state)
+            net.train()
+            optimizer = torch.optim.SGD(net.parameters(), lr=self.params.lr_net, momentum=0.9, weight_decay=5e-4)
+            optimizer.load_state_dict(opt_state)
+            self.nets.append(Queued(net, optimizer, accuracy))
+        self.iteration, self.created = iteration, payload["created"]
+        return True
 
 
 def class_contiguous(images: torch.Tensor, labels: torch.Tensor, classes: int,
@@ -169,10 +201,16 @@ def idm(task: DistillTask, params: IDMParams) -> CondensedSet:
     classes, factor = task.num_classes, params.partition
     labels = torch.arange(classes, device=task.device).repeat_interleave(task.ipc)
     count = {"iteration": 0}
+    queue_path = task.checkpoint_dir / "idm_queue.pt" if task.checkpoint_dir is not None else None
 
     def resume(iteration: int) -> None:
-        queue.advance(iteration)
+        if queue_path is None or not queue.restore(queue_path, iteration):
+            queue.advance(iteration)
         count["iteration"] = iteration
+
+    def save(iteration: int) -> None:
+        if queue_path is not None:
+            queue.save(queue_path)
 
     def step(images: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> torch.Tensor:
         it = count["iteration"]
@@ -201,6 +239,6 @@ def idm(task: DistillTask, params: IDMParams) -> CondensedSet:
 
     init = initial_tiles(task, factor) if params.init == "real" else None
     result = syn.distill(task, params, name="idm", step=step, augment=aug, initial=init, decode=decode,
-                         on_resume=resume)
+                         on_resume=resume, on_save=save)
     extras = {**result.extras, partition.EXTRA: torch.tensor(factor)} if factor > 1 else result.extras
     return dataclasses.replace(result, extras=extras, info={**result.info, "networks_created": queue.created})

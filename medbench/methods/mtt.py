@@ -7,8 +7,9 @@ on mini-batches of the (augmented) synthetic images with a learnable step size `
 
 is back-propagated through all ``J`` steps to the images and to ``α``.
 
-The unroll and its exact constant-memory gradient (``implementation=tesla``, default, or
-``unrolled``) and the expert buffer are the trajectory-matching family's shared machinery:
+The unroll and its exact gradient (``implementation=unrolled``, one graph as the official code,
+or ``tesla``, in memory independent of J; ``auto``, the default, unrolls where the memory budget
+allows) and the expert buffer are the trajectory-matching family's shared machinery:
 :mod:`medbench.methods.trajectory`.
 """
 
@@ -60,7 +61,8 @@ class MTTParams(BufferParams):
     batch_syn: int | None = None  # None: all synthetic images in every step
     iterations: int = 5000
     init: Literal["real", "noise"] = "real"
-    implementation: Literal["tesla", "unrolled"] = "tesla"
+    # The gradient's implementation: all three give the same gradient (the official code unrolls).
+    implementation: Literal["auto", "tesla", "unrolled"] = "auto"
     checkpoint_every: int | None = None  # tesla: θ checkpoint spacing; None: ⌈√J⌉, 1: keep all
     eval_every: int = 500  # evaluate (on val) and save a resumable checkpoint this often
     eval_epochs: int = 300  # epochs of the quick network trained on the set to score it on val
@@ -120,7 +122,7 @@ CONFORM = {"num_experts": 2, "buffer_epochs": 4, "batch_train": 16, "max_start_e
 @register_method("mtt", params=MTTParams, prepare=prepare_buffer, search_space=SEARCH_SPACE, matched=matched_random,
                  conform_params=CONFORM)
 def mtt(task: DistillTask, params: MTTParams) -> CondensedSet:
-    """Matching training trajectories (Cazenavette et al., 2022), exact gradient in J-independent memory."""
+    """Matching training trajectories (Cazenavette et al., 2022), the exact gradient unrolled or recomputed."""
     buffer = open_buffer(task, params, params.max_start_epoch - 1 + params.expert_epochs)
     generator = torch.Generator().manual_seed(task.seed)
     images = _init_images(task, params, generator, buffer.zca())

@@ -154,7 +154,8 @@ Decode = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 
 def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: SiameseAugment | None,
             initial: torch.Tensor | None = None, decode: Decode | None = None,
-            on_resume: Callable[[int], None] | None = None) -> CondensedSet:
+            on_resume: Callable[[int], None] | None = None,
+            on_save: Callable[[int], None] | None = None) -> CondensedSet:
     """Run ``params.iterations`` of ``step`` on learnable images, checkpointing every
     ``params.eval_every`` and at the end, and return the checkpoint with the best val score in the
     task's selection metric (iteration 0, the initialisation, is a candidate too).
@@ -162,7 +163,8 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
     ``initial``: the starting images (default :func:`initial_set`); ``decode``: what a network
     trains on given the stored (images, labels), for checkpoint scoring (IDM's expansion);
     ``on_resume(i)``: called once with the iteration the loop starts from (0 on a fresh run), for
-    method state that lives outside the images (IDM's model queue)."""
+    method state that lives outside the images (IDM's model queue); ``on_save(i)``: called before
+    each checkpoint of iteration ``i`` is written, to save that state beside it."""
     check_ipc(task)
     labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)
     fingerprint = {"method": name, "params": dataclasses.asdict(params), "ipc": task.ipc, "seed": task.seed,
@@ -220,6 +222,8 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
                 state.best_images, state.best_iteration, state.best_accuracy = images.detach().clone(), done, acc
             state.iteration, state.images, state.optimizer = done, images.detach(), optimizer.state_dict()
             state.seconds = seconds
+            if on_save is not None and path is not None:
+                on_save(done)
             _save(path, fingerprint, state)
 
     # The initialisation chosen unchanged is real training images: name them (privacy audits, exports).

@@ -93,10 +93,11 @@ def train_network(
 
 
 def backward_in_blocks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                       forward_context: Any = None) -> torch.Tensor:
+                       forward_context: Any = None, logits_out: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The mean loss of one SGD step, its gradients accumulated into ``model``: on a CPU in
     cache-sized blocks of the batch (:mod:`medbench.nn.blocking`), each block's loss weighted by its
-    share, so the gradient is the batch's up to float rounding (~2e-5 relative at width 128)."""
+    share, so the gradient is the batch's up to float rounding (~2e-5 relative at width 128).
+    ``logits_out``: a list that receives each block's logits (detached), in order."""
     forward_context = forward_context if forward_context is not None else contextlib.nullcontext()
     block = block_size(model, x)
     if block >= x.shape[0]:
@@ -104,11 +105,15 @@ def backward_in_blocks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         loss.backward()
+        if logits_out is not None:
+            logits_out.append(logits.detach())
         return loss
     total = x.new_zeros(())
     for xb, yb in zip(x.split(block), y.split(block), strict=True):
         with forward_context:
             logits = model(xb)
+        if logits_out is not None:
+            logits_out.append(logits.detach())
         part = loss_fn(logits.float(), yb) * (xb.shape[0] / x.shape[0])
         part.backward()
         total = total + part.detach()

@@ -33,7 +33,7 @@ from medbench.nn.training import candidate_scores
 from medbench.nn.whitening import ZCA
 
 from .buffer import ExpertBuffer, FlatParams, build_seeded, make_augment
-from .unroll import IMPLEMENTATIONS, plan_unroll
+from .unroll import IMPLEMENTATIONS, choose_implementation, plan_unroll, unrolled_bytes
 
 
 class Diverged(CellFailed):
@@ -173,11 +173,24 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
                                   derived_seed(task.seed, seeds.STUDENT), task.device))
     net.module.train()
     augment = make_augment(params.augment, task.channels)
-    match = IMPLEMENTATIONS[params.implementation]
-    extra = {"checkpoint_every": params.checkpoint_every} if params.implementation == "tesla" else {}
     learn_labels = matching.lr_labels is not None
     generator = generator if generator is not None else torch.Generator().manual_seed(task.seed)
     batch = params.batch_syn or len(matching.labels)
+    budget = task.memory_bytes()
+
+    def estimate() -> int:  # the unrolled graph of one iteration, from a plan drawn on a copy of the stream
+        probe = torch.Generator().manual_seed(task.seed)
+        plan = plan_unroll(len(matching.labels), batch, params.syn_steps, probe, augment, matching.images)
+        start = buffer.snapshots(0, [0])[0].to(task.device)
+        return unrolled_bytes(net, matching.images, matching.labels, torch.tensor(params.lr_teacher), start, plan,
+                              augment)
+
+    implementation, unrolled_need = choose_implementation(params.implementation, budget, estimate)
+    params = dataclasses.replace(params, implementation=implementation)  # resumes only on the same path
+    match = IMPLEMENTATIONS[implementation]
+    extra = {"checkpoint_every": params.checkpoint_every} if implementation == "tesla" else {}
+    memory = {} if unrolled_need is None else {"implementation_chosen_by": {
+        "unrolled_bytes": unrolled_need, "memory_budget": budget}}
 
     digest = params_digest(params, task, matching.name)
     state_path = task.checkpoint_dir / f"{matching.name}_state.safetensors" if task.checkpoint_dir else None
@@ -218,7 +231,7 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
         info = {"chosen_iteration": st.best_iteration, "candidates": len(st.checkpoints),
                 "selection_metric": task.selection_metric, "val_score": st.best_val,
                 "learned_lr": st.best_lr, "iterations_run": st.iteration, "status": status,
-                "implementation": params.implementation, "expert_buffer": str(buffer.path),
+                "implementation": implementation, **memory, "expert_buffer": str(buffer.path),
                 "expert_test_accuracy": None if math.isnan(expert_acc) else expert_acc, "zca": zca is not None,
                 "expert_train_seconds": buffer.train_seconds,  # shared by every cell of the dataset
                 "checkpoints": st.checkpoints,
