@@ -108,7 +108,7 @@ def test_speed_options_are_measured_one_at_a_time(tmp_path):
 
 
 def test_the_kernels_section_counts_flops_and_compares_with_the_measured_peak(monkeypatch):
-    """The section's machinery on one tiny step (no timing claims: the numbers only have to exist)."""
+    """The section's machinery on two tiny steps (no timing claims: the numbers only have to exist)."""
     from types import SimpleNamespace
 
     from medbench.bench import kernels
@@ -116,15 +116,20 @@ def test_the_kernels_section_counts_flops_and_compares_with_the_measured_peak(mo
 
     monkeypatch.setattr(kernels, "WIDTH", 8)
     monkeypatch.setattr(kernels, "SIZE", 8)
-    monkeypatch.setattr(kernels, "STEPS", (("tiny step", "a tiny training step", lambda: kernels._train_step(16)),))
+    monkeypatch.setattr(kernels, "STEPS", (
+        kernels.Step("tiny step", "a tiny training step", kernels._eval(16, 8), bf16=True),
+        kernels.Step("tiny unroll", "a 2-step MTT unroll", kernels._trajectory(1, 2, False), repeats=1),
+    ))
     monkeypatch.setattr(kernels, "peak_flops", lambda dtype: 1e10)
     saved = blocking.BLOCK_BYTES
-    result = kernels.bench_kernels(SimpleNamespace(repeats=1), torch.device("cpu"), lambda line: None)
+    result = kernels.bench_kernels(SimpleNamespace(repeats=2), torch.device("cpu"), lambda line: None)
     assert saved == blocking.BLOCK_BYTES  # restored after timing one pass
-    [row] = result["rows"]
+    step, unroll = result["rows"]
     # 16 images at 8 px, width 8: the first convolution alone is 2·3·8·9·64 FLOPs per image forward
-    assert row["gflop"] * 1e9 > 16 * 2 * 3 * 8 * 9 * 64
-    assert row["of_peak"] == pytest.approx(row["gflops"] * 1e9 / 1e10)
-    assert 0 < row["vendor_share"] <= 1 and row["one_pass_s"] > 0 and row["blocks_s"] > 0
+    assert step["gflop"] * 1e9 > 16 * 2 * 3 * 8 * 9 * 64
+    assert step["of_peak"] == pytest.approx(step["gflops"] * 1e9 / 1e10)
+    assert 0 < step["vendor_share"] <= 1 and step["before_s"] > 0 and step["after_s"] > 0 and step["bf16_s"] > 0
+    # a tiny graph fits any memory budget: auto unrolls; recompute costs more FLOPs than the one graph
+    assert unroll["implementation"] == "unrolled" and unroll["gflop_before"] > unroll["gflop"] > 0
     text = "\n".join(kernels.render_kernels(result))
-    assert "| tiny step |" in text and "10.0 GFLOP/s fp32" in text
+    assert "| tiny step |" in text and "10.0 GFLOP/s fp32" in text and "Auto chose `unrolled`" in text

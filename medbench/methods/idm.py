@@ -43,7 +43,7 @@ from medbench.core.seeds import generator_for
 from medbench.distill import partition
 from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
-from medbench.nn.training import backward_in_blocks
+from medbench.nn.training import Augment, backward_in_blocks
 
 from . import synthetic as syn
 from .dm import embedding_gap
@@ -187,6 +187,31 @@ def class_contiguous(images: torch.Tensor, labels: torch.Tensor, classes: int,
     return x[order], y[order]
 
 
+def iteration(task: DistillTask, params: IDMParams, queue: ModelQueue, images: torch.Tensor, labels: torch.Tensor,
+              optimizer: torch.optim.Optimizer, generator: torch.Generator, it: int,
+              aug: Augment | None) -> torch.Tensor:
+    """One IDM iteration: match under the queue's drawn networks, step the images, train the queue."""
+    classes, factor = task.num_classes, params.partition
+    loss = torch.zeros((), device=images.device)
+    for queued in queue.before(it):
+        queued.net.eval()
+        for w in queued.net.parameters():
+            w.requires_grad_(False)
+        x, y = class_contiguous(images, labels, classes, factor)
+        gap, seen = embedding_gap(queued.net, task, x, generator, batch_real=params.batch_real, augment=aug)
+        loss = loss + gap
+        if params.ce_weight and queued.accuracy:
+            loss = loss + params.ce_weight * queued.accuracy * classes * F.cross_entropy(queued.net(seen), y)
+        for w in queued.net.parameters():
+            w.requires_grad_(True)
+        queued.net.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    queue.after(it)
+    return loss.detach()
+
+
 @register_method("idm", params=IDMParams, conform_params={
                      "iterations": 6, "eval_every": 2, "eval_epochs": 3, "batch_real": 16, "net_num": 2,
                      "net_generate_interval": 2, "model_train_steps": 1, "batch_train": 16},
@@ -214,25 +239,9 @@ def idm(task: DistillTask, params: IDMParams) -> CondensedSet:
 
     def step(images: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> torch.Tensor:
         it = count["iteration"]
-        loss = torch.zeros((), device=images.device)
-        for queued in queue.before(it):
-            queued.net.eval()
-            for w in queued.net.parameters():
-                w.requires_grad_(False)
-            x, y = class_contiguous(images, labels, classes, factor)
-            gap, seen = embedding_gap(queued.net, task, x, generator, batch_real=params.batch_real, augment=aug)
-            loss = loss + gap
-            if params.ce_weight and queued.accuracy:
-                loss = loss + params.ce_weight * queued.accuracy * classes * F.cross_entropy(queued.net(seen), y)
-            for w in queued.net.parameters():
-                w.requires_grad_(True)
-            queued.net.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        queue.after(it)
+        loss = iteration(task, params, queue, images, labels, optimizer, generator, it, aug)
         count["iteration"] = it + 1
-        return loss.detach()
+        return loss
 
     def decode(images: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return partition.expand(images, y, factor)
