@@ -41,6 +41,8 @@ def without_timings(info: dict) -> dict:
     """A condensed set's info without its wall-clock seconds (the only part a resume may change);
     the checkpoints' iterations and val scores stay."""
     out = dict(info)
+    if "spent" in out:  # FLOPs are counted, not timed: they stay
+        out["spent"] = {"flops": out["spent"]["flops"]}
     if "checkpoints" in out:
         out["checkpoints"] = [(it, val) for it, _seconds, val in out["checkpoints"]]
     return out

@@ -219,6 +219,7 @@ for _body_name, _body in {
     "g_batching": "eval_batching: 3\n", "g_db_under_file": "db: g_db_under_file.yaml/r.sqlite\n",
     "g_method_args_bad": "methods: {dc: {lr_img: -1}}\n", "g_method_unknown": "methods: [herding2]\n",
     "g_budget_word": "budget_seconds: [ten]\n", "g_budget_zero": "budget_seconds: [0]\n",
+    "g_budget_flops_zero": "budget_flops: [0]\n",
     "g_dataset_size_word": "datasets: [{name: bloodmnist, size: abc}]\n", "g_duplicate_key": "ipc: [1]\nipc: [2]\n",
     "g_duplicate_method": "methods: {dm: {}, dm: {iterations: 2}}\n",
 }.items():
@@ -421,6 +422,10 @@ CASES: list[tuple[list[str], str]] = [
     ([*RUN_TOY, "--budget-seconds", "0"], "budget seconds must be positive"),
     ([*RUN_TOY, "--budget-seconds", "ten"], "expected comma-separated seconds"),
     ([*RUN_TOY, "--budget-seconds", "inf"], "budget seconds must be positive"),
+    ([*RUN_TOY, "--budget-flops", "0"], "budget FLOPs must be positive"),
+    ([*RUN_TOY, "--budget-cpu-seconds", "x"], "expected comma-separated CPU seconds"),
+    (["run", "{g_budget_flops_zero.yaml}"], "budget FLOPs must be positive"),
+    ([*RUN_TOY, "--memory-budget", "0"], "must be positive"),
     (["run", "{g_budget_word.yaml}"], "budget_seconds must be numbers of seconds"),
     (["run", "{g_budget_zero.yaml}"], "budget seconds must be positive"),
     # --- typed values, duplicate keys ------------------------------------------------------------

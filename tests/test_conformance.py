@@ -80,7 +80,7 @@ def no_resume(task: DistillTask, params: DMParams) -> CondensedSet:
 
 def overruns(task: DistillTask, params: DMParams) -> CondensedSet:
     """Ignores budget_seconds."""
-    return _dm(dataclasses.replace(task, budget_seconds=None), params)
+    return _dm(dataclasses.replace(task, budget=None), params)
 
 
 def wrong_shape(task: DistillTask, params: DMParams) -> CondensedSet:

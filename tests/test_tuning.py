@@ -14,6 +14,7 @@ from conftest import make_arrays, write_npz
 
 from medbench.cli.main import main
 from medbench.core.errors import MedbenchError
+from medbench.distill.budget import Budget
 from medbench.distill.contract import get_method, list_methods
 from medbench.nn.models import ModelSpec
 from medbench.storage.tuning import TuningRecords, cell_key
@@ -76,7 +77,7 @@ def test_budget_seconds_stops_iterative_methods_and_keeps_the_val_choice(method,
                                "eval_epochs": 2, "lr_img": 10.0, "augment": False,
                                "experts_root": str(tmp_path)}}[method]
     seen = []
-    task = dataclasses.replace(make_task(splits, ipc=1), budget_seconds=1e-9,
+    task = dataclasses.replace(make_task(splits, ipc=1), budget=Budget("seconds", 1e-9),
                                on_checkpoint=lambda it, s, scores: seen.append((it, s, scores)))
     out = get_method(method).run(task, get_method(method).make_params({**params, "iterations": 50}))
     assert out.info["stopped_by_budget"] == 1  # one iteration spent the budget, then a last checkpoint

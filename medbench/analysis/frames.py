@@ -14,6 +14,7 @@ import pandas as pd
 
 from medbench.core.errors import MedbenchError
 from medbench.core.hparams import SINCE_KEY, as_dict
+from medbench.distill.budget import Budget
 from medbench.distill.contract import get_method
 from medbench.evaluation.named import changed_fields
 from medbench.storage.store import Store
@@ -36,7 +37,7 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     so two configurations are never passed off as repeated runs of one. A configuration equal to the
     method's defaults keeps the plain name (so ``random`` stays the baseline beside
     ``random (candidates=5)``). Cells run with a stored tuning (``run --tuned``) are ``method (tuned)``,
-    cells stopped at a distillation budget ``method (30 s)``."""
+    cells stopped at a distillation budget ``method (30 s)`` or ``method (1e+12 FLOP)``."""
     configs = {cid: json.loads(config) for cid, config in zip(cells.cell_id, cells.config, strict=True)}
     # A parameter added after a cell was stored is read as the value that reproduces the old behaviour.
     params = {cid: {**old_behaviour(str(c.get("method", ""))), **(c.get("params") or {})}
@@ -45,7 +46,7 @@ def method_variants(cells: pd.DataFrame) -> dict[str, str]:
     # Tuned rows and rows stopped at a distillation budget are their own rows, marked by a suffix; within
     # each (method, suffix) group cells run with different parameters are named by them.
     suffix = {cid: (" (tuned)" if c.get("tuning") else "")
-              + (f" ({c['budget_seconds']:g} s)" if c.get("budget_seconds") is not None else "")
+              + (f" ({budget.label})" if (budget := Budget.from_config(c)) is not None else "")
               + (" (accuracy-selected)" if selection_of(c) == "accuracy" else "")
               for cid, c in configs.items()}
     frame = cells.assign(_suffix=cells.cell_id.map(suffix))

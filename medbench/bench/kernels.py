@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
 from medbench.core.devices import default_memory_budget
+from medbench.distill.budget import flop_counter
 from medbench.nn import blocking
 from medbench.nn.augment import dsa
 from medbench.nn.models import ModelSpec
@@ -232,7 +232,7 @@ def _vendor_share(step: Callable[[], Any]) -> float:
 
 
 def _count_flops(step: Callable[[], Any]) -> float:
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         step()
     return float(counter.get_total_flops())
 

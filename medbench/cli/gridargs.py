@@ -13,6 +13,7 @@ from medbench.core import hparams
 from medbench.core.errors import MedbenchError
 from medbench.core.files import read_yaml
 from medbench.data.registry import DEFAULT_DATA_ROOT
+from medbench.distill.budget import KINDS, Budget
 from medbench.distill.contract import SELECTION_METRICS
 from medbench.evaluation import Protocol
 from medbench.evaluation.named import DEFAULT_PROTOCOL, PROTOCOLS, named_protocol
@@ -107,7 +108,7 @@ GRID_OPTIONS = {"methods": "methods", "datasets": "datasets", "ipc": "ipcs", "se
                 "data_root": "data_root", "download": "download", "db": "db", "device": "device",
                 "retry_failed": "retry_failed", "workers": "workers", "executor": "executor",
                 "ray_address": "ray_address", "eval_batching": "eval_batching",
-                "eval_compile": "eval_compile", "tuned": "tuned", "budget_seconds": "budgets",
+                "eval_compile": "eval_compile", "tuned": "tuned",
                 "selection_metric": "selection_metric", "matched_baselines": "matched_baselines", "wait": "wait",
                 "drop_duplicates": "drop_duplicates", "memory_budget": "memory_budget"}
 
@@ -124,6 +125,9 @@ def grid_spec_from_args(args: argparse.Namespace) -> GridSpec:
     protocol_name = args.protocol or protocol_name
     fields.update({field: getattr(args, opt) for opt, field in GRID_OPTIONS.items()
                    if getattr(args, opt, None) is not None})
+    budgets = [Budget(kind, amount) for kind in KINDS for amount in getattr(args, f"budget_{kind}", None) or ()]
+    if budgets:  # given on the command line: they replace the file's
+        fields["budgets"] = tuple(budgets)
     methods = fields.get("methods", GridSpec.methods)
     method_args = fields.pop("method_args", {})
     for name, values in parse_method_args(args.method_args, methods).items():

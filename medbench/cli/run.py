@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from medbench.cli.gridargs import DEFAULTS, add_grid_arguments, grid_spec_from_args, parse_method_args
-from medbench.cli.types import add_db, positive, seconds_list
+from medbench.cli.types import add_db, amount_list, positive
 from medbench.core import hparams
 from medbench.core.errors import MedbenchError
 from medbench.core.files import check_writable
@@ -49,10 +49,16 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--report", type=Path, metavar="DIR",
                    help="afterwards, write the leaderboard, results.csv and index.html of the database here "
                         "(as `medbench report --db DB --out DIR`)")
-    r.add_argument("--budget-seconds", type=seconds_list, metavar="S[,S...]",
-                   help="stop every iterative method at the first iteration that ends past S wall-clock seconds "
-                        "of distillation (val scoring not counted), keeping its val-chosen checkpoint; several "
-                        "budgets run each such cell once per budget (equal-compute comparisons; default: no limit)")
+    r.add_argument("--budget-flops", type=amount_list("FLOPs"), metavar="F[,F...]",
+                   help="stop every iterative method at the first iteration that ends past F FLOPs of distillation "
+                        "(convolutions and matrix products, counted with torch's FlopCounterMode; val scoring not "
+                        "counted), keeping its val-chosen checkpoint; several budgets run each such cell once per "
+                        "budget. The same on any machine and load: the budget for equal-compute comparisons "
+                        "(default: no limit)")
+    r.add_argument("--budget-seconds", type=amount_list("seconds"), metavar="S[,S...]",
+                   help="the same in wall-clock seconds of distillation (moves with the machine's load)")
+    r.add_argument("--budget-cpu-seconds", type=amount_list("CPU seconds"), metavar="S[,S...]",
+                   help="the same in this process's CPU seconds (unmoved by other processes)")
     r.add_argument("--no-matched-baselines", dest="matched_baselines", action="store_false", default=None,
                    help="do not add the matched baselines (random choosing among as many subsets as a method "
                         "has checkpoints, tiled random for tiled sets, random_soft for soft labels) and plain "

@@ -27,14 +27,19 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def seconds_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}") from None
-    if not values or not all(0 < v < math.inf for v in values):
-        raise argparse.ArgumentTypeError(f"budget seconds must be positive, got {text!r}")
-    return values
+def amount_list(unit: str) -> Callable[[str], tuple[float, ...]]:
+    """A parser of comma-separated positive amounts of ``unit`` (budgets: seconds, FLOPs)."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {unit}, got {text!r}") from None
+        if not values or not all(0 < v < math.inf for v in values):
+            raise argparse.ArgumentTypeError(f"budget {unit} must be positive, got {text!r}")
+        return values
+
+    return parse
 
 
 def str_list(text: str) -> tuple[str, ...]:

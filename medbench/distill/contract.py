@@ -30,6 +30,8 @@ from medbench.core.errors import MedbenchError
 from medbench.core.registry import Registry
 from medbench.data.splits import Split, Splits, TrainGeometry
 from medbench.distill import partition
+from medbench.distill.budget import Budget, Spent
+from medbench.distill.budget import over as budget_over
 from medbench.nn.models import ModelSpec
 
 P = TypeVar("P")
@@ -98,7 +100,7 @@ class DistillTask(TrainGeometry):
     # Iterative methods call this for every val-scored checkpoint: (iteration, cumulative distillation
     # seconds, val scores {"accuracy", "balanced_accuracy"}) — tuning reports it to Ray Tune.
     on_checkpoint: Callable[[int, float, dict[str, float]], None] | None = None
-    budget_seconds: float | None = None  # iterative methods stop after this many distillation seconds
+    budget: Budget | None = None  # iterative methods stop once they have spent it (medbench.distill.budget)
     selection_metric: str = DEFAULT_SELECTION  # the val score candidates are chosen by (SELECTION_METRICS)
     # Bytes a method may plan to hold (e.g. MTT's unrolled graph); None: half the device's free memory.
     # Chooses between paths that compute the same thing, never what is computed.
@@ -152,9 +154,15 @@ class DistillTask(TrainGeometry):
         """The value of ``scores`` (val accuracy, balanced accuracy) a candidate is chosen by."""
         return scores[self.selection_metric]
 
-    def over_budget(self, seconds: float) -> bool:
-        """Whether an iterative method has spent its distillation budget (``budget_seconds``)."""
-        return self.budget_seconds is not None and seconds >= self.budget_seconds
+    @property
+    def budget_seconds(self) -> float | None:
+        """The budget's amount when it is wall-clock seconds (what methods before other kinds read)."""
+        return self.budget.amount if self.budget is not None and self.budget.kind == "seconds" else None
+
+    def over_budget(self, spent: Spent | float) -> bool:
+        """Whether an iterative method has spent its distillation budget: ``spent`` from a
+        :class:`~medbench.distill.budget.Meter`, or (a method counting only those) wall-clock seconds."""
+        return budget_over(self.budget, spent)
 
 
 @dataclass(frozen=True)

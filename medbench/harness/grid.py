@@ -14,6 +14,7 @@ from medbench.core.errors import MedbenchError
 from medbench.core.hparams import as_dict
 from medbench.data.catalog import is_path_reference
 from medbench.data.registry import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES
+from medbench.distill.budget import Budget
 from medbench.distill.contract import DEFAULT_SELECTION, SELECTION_METRICS, get_method
 from medbench.evaluation import Protocol
 from medbench.evaluation.batched import BATCHINGS, compile_options
@@ -37,7 +38,7 @@ class Cell:
     params: dict[str, Any]  # the method's complete hyper-parameters, defaults included
     protocol: Protocol
     tuning: dict[str, Any] | None = None  # the stored tuning these params come from (``run --tuned``)
-    budget: float | None = None  # distillation seconds an iterative method may spend (None: no limit)
+    budget: Budget | None = None  # what an iterative method may spend distilling (None: no limit)
     selection: str = DEFAULT_SELECTION  # the val score a selecting method chooses its candidates by
     added: str = field(default="", compare=False)  # not in the grid: added as this baseline (not identity)
     drop_duplicates: bool = False  # val/test without their exact copies of train (val) images: another dataset
@@ -55,7 +56,7 @@ class Cell:
     def cell_id(self) -> str:
         # A tuned cell is never the default cell, even where the search chose the default values.
         tuned = [self.tuning["tuning_id"]] if self.tuning else []
-        budget = [{"budget_seconds": self.budget}] if self.budget is not None else []
+        budget = [{self.budget.key: self.budget.amount}] if self.budget is not None else []
         # Cells stored before the selection metric existed chose by accuracy: that value is left out, so
         # they keep their ids; a method that chooses nothing is the same cell under any metric.
         selection = [{"selection": self.selection}] if self.selection != "accuracy" and self.selects else []
@@ -66,7 +67,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        budget = f" · {self.budget:g} s" if self.budget is not None else ""
+        budget = f" · {self.budget.label}" if self.budget is not None else ""
         return f"{self.method} · {Path(self.dataset).stem} · ipc {self.ipc or 'full'} · seed {self.seed}{budget}"
 
 
@@ -94,9 +95,9 @@ class GridSpec:
     eval_compile: str = "off"  # torch.compile / CUDA graphs for eval training (speed only, like eval_batching)
     memory_budget: float | None = None  # GiB a cell may plan for (speed only); None: the machine's default
     tuned: bool = False  # use the configurations `medbench tune` stored in ``db``
-    # Distillation budgets in seconds: every cell of an iterative method once per budget, stopped there
-    # with its val-chosen checkpoint (equal-compute comparisons); () or (None,): no budget.
-    budgets: tuple[float | None, ...] = (None,)
+    # Distillation budgets (seconds, CPU seconds or FLOPs): every cell of an iterative method once per
+    # budget, stopped there with its val-chosen checkpoint (equal-compute comparisons); () or (None,): none.
+    budgets: tuple[Budget | float | None, ...] = (None,)  # a number: wall-clock seconds
     # The val score every selecting method (and tuning) chooses candidates by (SELECTION_METRICS).
     selection_metric: str = DEFAULT_SELECTION
     # Add each method's matched baseline (random choosing among as many subsets, the tiled random of a
@@ -150,8 +151,8 @@ def expand(spec: GridSpec) -> list[Cell]:
                             f"choose {' or '.join(SELECTION_METRICS)}")
     if spec.workers < 1:
         raise MedbenchError(f"workers must be at least 1, got {spec.workers}")
-    if any(b is not None and not (b > 0 and b != float("inf")) for b in spec.budgets):
-        raise MedbenchError(f"budget seconds must be positive, got {', '.join(map(str, spec.budgets))}")
+    # A plain number is wall-clock seconds (the only kind before FLOP and CPU-time budgets).
+    budgets = tuple(b if b is None or isinstance(b, Budget) else Budget("seconds", float(b)) for b in spec.budgets)
     stray = sorted(set(spec.method_args) - set(spec.methods))
     if stray:
         raise MedbenchError(f"method arguments given for {', '.join(stray)}, which is not in the grid")
@@ -165,9 +166,9 @@ def expand(spec: GridSpec) -> list[Cell]:
     for dataset, size in datasets:
         for name, method in methods.items():
             # A method that does not iterate (random, coresets, full) has nothing to stop: one cell, no budget.
-            budgets = (spec.budgets or (None,)) if _iterates(method) else (None,)
+            method_budgets = (budgets or (None,)) if _iterates(method) else (None,)
             for ipc in spec.ipcs if method.uses_ipc else [None]:
-                for budget in budgets:
+                for budget in method_budgets:
                     for seed in spec.seeds:
                         cells.append(Cell(name, dataset, size, ipc, seed, params[name], spec.protocol,
                                           budget=budget, selection=spec.selection_metric,

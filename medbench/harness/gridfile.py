@@ -30,13 +30,15 @@ from typing import Any
 
 from medbench.core.errors import MedbenchError
 from medbench.core.files import read_yaml
+from medbench.distill.budget import KINDS, NAMES, Budget
 
 # Keys taken as they are, with their type (the others are parsed below: lists, paths, the protocol).
 PLAIN_TYPES: dict[str, type] = {"size": int, "download": bool, "device": str, "retry_failed": bool, "workers": int,
                                 "executor": str, "ray_address": str, "eval_batching": str, "eval_compile": str,
                                 "tuned": bool, "selection_metric": str, "matched_baselines": bool, "wait": bool,
                                 "drop_duplicates": bool}
-KEYS = {"methods", "datasets", "ipc", "seeds", "budget_seconds", "protocol", "eval", "data_root", "db", *PLAIN_TYPES}
+KEYS = {"methods", "datasets", "ipc", "seeds", *(f"budget_{kind}" for kind in KINDS), "protocol", "eval", "data_root",
+        "db", *PLAIN_TYPES}
 PRESET_PACKAGE = "medbench.presets"
 
 
@@ -126,11 +128,16 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     for key, target in (("ipc", "ipcs"), ("seeds", "seeds")):
         if key in raw:
             out[target] = _integers(raw[key], key, path)
-    if "budget_seconds" in raw:
-        budgets = _as_list(raw["budget_seconds"], "budget_seconds", path)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in budgets):
-            raise MedbenchError(f"{path}: budget_seconds must be numbers of seconds, got {raw['budget_seconds']!r}")
-        out["budgets"] = tuple(float(v) for v in budgets)
+    budgets = []
+    for kind in KINDS:
+        key = f"budget_{kind}"
+        if key in raw:
+            values = _as_list(raw[key], key, path)
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                raise MedbenchError(f"{path}: {key} must be numbers of {NAMES[kind]}, got {raw[key]!r}")
+            budgets += [Budget(kind, float(v)) for v in values]
+    if budgets:
+        out["budgets"] = tuple(budgets)
     if "eval" in raw:
         if not isinstance(raw["eval"], dict):
             raise MedbenchError(f"{path}: eval must be a mapping of protocol settings")

@@ -102,7 +102,8 @@ def _base_record(cell: Cell, splits: Splits, **fields) -> CellRecord:
                 "dataset_ref": cell.dataset, "dataset": splits.describe(),
                 **({"tuning": cell.tuning} if cell.tuning else {}),
                 **({"selection_metric": cell.selection} if cell.selects else {}),
-                **({"budget_seconds": cell.budget} if cell.budget is not None else {}), **fields.pop("config", {})},
+                **({cell.budget.key: cell.budget.amount} if cell.budget is not None else {}),
+                **fields.pop("config", {})},
         environment=environment(splits.device), **fields,
     )
 
@@ -131,7 +132,7 @@ def run_cell(cell: Cell, splits: Splits, workdir: Path, bar: _Bar | None = None,
     task = DistillTask(
         train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=cell.ipc or 0,
         seed=cell.seed, device=splits.device, normalize=splits.normalize, model=cell.protocol.model_spec(),
-        checkpoint_dir=workdir / "checkpoints" / cell.cell_id, progress=bar.update, budget_seconds=cell.budget,
+        checkpoint_dir=workdir / "checkpoints" / cell.cell_id, progress=bar.update, budget=cell.budget,
         selection_metric=cell.selection, memory_budget=memory_budget,
     )
     torch.manual_seed(cell.seed)  # for methods that draw from the global generator

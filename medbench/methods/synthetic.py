@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from medbench.core.errors import CellFailed, MedbenchError
 from medbench.core.files import atomic_open
 from medbench.core.hparams import check
 from medbench.core.seeds import generator_for
+from medbench.distill.budget import Meter, Spent
 from medbench.distill.contract import CondensedSet, DistillTask
 from medbench.nn.augment import SiameseAugment, dsa
 from medbench.nn.training import Augment, candidate_scores
@@ -147,6 +147,8 @@ class _State:
     losses: list[tuple[int, float]]  # (iteration, mean matching loss since the last checkpoint)
     seconds: float = 0.0  # distillation seconds so far (checkpoint scoring excluded), across resumes
     checkpoints: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)  # (it, seconds, val)
+    cpu_seconds: float = 0.0  # process CPU seconds of the same iterations
+    flops: float = 0.0  # FLOPs of the same iterations (medbench.distill.budget)
 
 
 Decode = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -194,16 +196,17 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
     window: list[torch.Tensor] = []
     if on_resume is not None:
         on_resume(state.iteration)
-    seconds, budget_hit = state.seconds, task.over_budget(state.seconds)
+    meter = Meter(Spent(state.seconds, state.cpu_seconds, state.flops))
+    budget_hit = task.over_budget(meter.spent)
     for it in range(state.iteration, params.iterations):
         if budget_hit:
             break
-        started = time.perf_counter()
-        window.append(step(images, optimizer, iteration_generator(task, it)).detach())
-        seconds += time.perf_counter() - started
+        with meter.iteration():
+            window.append(step(images, optimizer, iteration_generator(task, it)).detach())
+        seconds = meter.spent.seconds
         done = it + 1
         task.report(done, params.iterations)
-        budget_hit = task.over_budget(seconds)
+        budget_hit = task.over_budget(meter.spent)
         if done % params.eval_every == 0 or done == params.iterations or budget_hit:
             losses = torch.stack(window)
             finite = torch.isfinite(losses)
@@ -221,11 +224,12 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
             if acc > state.best_accuracy:
                 state.best_images, state.best_iteration, state.best_accuracy = images.detach().clone(), done, acc
             state.iteration, state.images, state.optimizer = done, images.detach(), optimizer.state_dict()
-            state.seconds = seconds
+            state.seconds, state.cpu_seconds, state.flops = seconds, meter.spent.cpu_seconds, meter.spent.flops
             if on_save is not None and path is not None:
                 on_save(done)
             _save(path, fingerprint, state)
 
+    spent = Spent(state.seconds, state.cpu_seconds, state.flops)  # as of the last checkpoint: what the result cost
     # The initialisation chosen unchanged is real training images: name them (privacy audits, exports).
     real_start = initial is None and params.init == "real" and state.best_iteration == 0
     return CondensedSet(
@@ -235,7 +239,8 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
               "selection_metric": task.selection_metric, "val_score": state.best_accuracy,
               "iterations": params.iterations, "val_history": state.history,
               "matching_loss": state.losses, "checkpoints": state.checkpoints,
-              **({"stopped_by_budget": state.iteration} if task.over_budget(state.seconds)
+              "spent": spent.as_dict(), "flops_per_iteration": meter.flops_per_iteration,
+              **({"stopped_by_budget": state.iteration} if task.over_budget(spent)
                  and state.iteration < params.iterations else {})},
     )
 

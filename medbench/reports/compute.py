@@ -1,13 +1,14 @@
 """Equal compute: what each method reaches within a distillation budget.
 
-Cells run with ``--budget-seconds`` stop each iterative method at the first iteration that ends
-past that many seconds of distillation and keep the checkpoint validation chose so far; their test
-score (in the report metric) is "what the method reaches at that budget". The anytime figure draws it against
-the seconds actually spent (one line per method through its budgets and its run without a budget,
-the band is ± the std across seeds); a method run only without a budget (one-shot selections) is
-available from the seconds its run took, random selection everywhere (it costs nothing). The table
-gives the same numbers, a column per budget; the expert buffer of trajectory methods, built once per
-dataset, is named beside it, not counted in it.
+Cells run with ``--budget-flops``, ``--budget-seconds`` or ``--budget-cpu-seconds`` stop each
+iterative method at the first iteration that ends past that much distillation and keep the
+checkpoint validation chose so far; their test score (in the report metric) is "what the method
+reaches at that budget". The anytime figure draws it against the seconds actually spent (one line
+per method through its budgets and its run without a budget, the band is ± the std across seeds);
+a method run only without a budget (one-shot selections) is available from the seconds its run
+took, random selection everywhere (it costs nothing). The table gives the same numbers, a column
+per budget; the expert buffer of trajectory methods, built once per dataset, is named beside it,
+not counted in it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import pandas as pd
 
 from medbench.analysis.frames import ipc_label
 from medbench.analysis.study import METRIC_NAMES
+from medbench.distill.budget import KINDS, UNITS, Budget
 from medbench.reports.tables import Table, method_order, pm
 
-BUDGET_SUFFIX = r" \([0-9.e+-]+ s\)$"  # what frames.method_variants appends to a budgeted cell's name
-COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget", "seed", "score", "seconds",
+# What frames.method_variants appends to a budgeted cell's name: " (30 s)", " (1e+12 FLOP)"…
+BUDGET_SUFFIX = r" \([0-9.e+-]+ (" + "|".join(UNITS.values()) + r")\)$"
+COLUMNS = ["protocol_id", "dataset", "size", "ipc", "method", "budget_kind", "budget", "seed", "score", "seconds",
            "seconds_bound", "expert_seconds"]
 
 
@@ -41,7 +44,9 @@ def budget_frame(cells: pd.DataFrame, values: pd.DataFrame, metric: str = "accur
                for cid, total in zip(cells.cell_id, cells.distill_seconds, strict=True)}
     per_cell = acc.groupby(["cell_id", "protocol_id", "dataset", "size", "ipc", "method", "seed"],
                            dropna=False).value.mean().reset_index()
-    per_cell["budget"] = [configs[c].get("budget_seconds", np.nan) for c in per_cell.cell_id]
+    budgets = {c: Budget.from_config(configs[c]) for c in per_cell.cell_id}
+    per_cell["budget_kind"] = [b.kind if b is not None else None for b in budgets.values()]
+    per_cell["budget"] = [b.amount if b is not None else np.nan for b in budgets.values()]
     per_cell["seconds"] = [seconds.get(c, np.nan) for c in per_cell.cell_id]
     per_cell["seconds_bound"] = [not recorded.get(c) for c in per_cell.cell_id]
     # Trajectory methods' expert buffer: built once per dataset, outside any cell's seconds.
@@ -59,11 +64,13 @@ def equal_budget_table(frame: pd.DataFrame, protocol_id: str, metric: str = "acc
     sub = frame[frame.protocol_id == protocol_id]
     if sub.empty:
         return None
-    budgets: list[float | None] = [*sorted(sub.budget.dropna().unique()), None]
-    names = {b: f"{b:g} s" if b is not None else "none (full run)" for b in budgets}
+    given = {(k, a) for k, a in zip(sub.budget_kind, sub.budget, strict=True) if isinstance(k, str)}
+    budgets: list[Budget | None] = [*(Budget(k, a) for k, a in sorted(given, key=lambda b: (KINDS.index(b[0]), b[1]))),
+                                    None]
+    names = {b: b.label if b is not None else "none (full run)" for b in budgets}
     rows, bold = [], set()
     for (dataset, _size, ipc), group in sub.groupby(["dataset", "size", "ipc"], dropna=False, sort=True):
-        best: dict[float | None, tuple[float, int]] = {}
+        best: dict[Budget | None, tuple[float, int]] = {}
         for m in method_order(list(group.method.unique())):
             row = {"dataset": dataset, "IPC": str(ipc_label(ipc)), "method": m}
             for b in budgets:
@@ -82,8 +89,9 @@ def equal_budget_table(frame: pd.DataFrame, protocol_id: str, metric: str = "acc
         "can overrun it by up to one iteration; '≤': that run recorded no checkpoint seconds, so its whole "
         "distillation time, scoring included, stands there. 'none': the run without a budget. A method run only "
         "without a budget (a one-shot selection such as herding, or an iterative method left out of the budget "
-        "grid) counts at a budget only if its whole run fitted in it, else 'over budget'. random distils nothing "
-        "(no seconds shown under 0.5 s).")
+        "grid) counts at a seconds budget only if its whole run fitted in it, else 'over budget'; at a FLOP or "
+        "CPU-seconds budget it is 'not metered'. random distils nothing (no seconds shown under 0.5 s). FLOPs: "
+        "convolutions and matrix products (FlopCounterMode), the same on any machine and load.")
     experts = sub.dropna(subset=["expert_seconds"])
     if len(experts):
         costs = experts.groupby("dataset").expert_seconds.max()
@@ -94,16 +102,21 @@ def equal_budget_table(frame: pd.DataFrame, protocol_id: str, metric: str = "acc
     return table
 
 
-def _at_budget(cells: pd.DataFrame, budget: float | None) -> tuple[str, float | None]:
+def _at_budget(cells: pd.DataFrame, budget: Budget | None) -> tuple[str, float | None]:
     """One method's cell of the equal-budget table, "mean ± std (seconds spent)", and its mean."""
     one_shot = cells.budget.isna().all()  # run only without a budget
-    pick = cells[cells.budget.isna()] if budget is None or one_shot else cells[cells.budget == budget]
+    if budget is None or one_shot:
+        pick = cells[cells.budget.isna()]
+    else:
+        pick = cells[(cells.budget_kind == budget.kind) & (cells.budget == budget.amount)]
     if pick.empty:
         return "—", None
     seconds = pick.seconds.mean()
     bound = "≤" if pick.seconds_bound.any() and not one_shot else ""
     spent = f" ({bound}{seconds:.0f} s)" if seconds >= 0.5 else ""
-    if budget is not None and one_shot and seconds > budget:
+    if budget is not None and one_shot and seconds >= 0.5 and budget.kind != "seconds":
+        return f"not metered{spent}", None  # a one-shot selection counts no CPU seconds or FLOPs
+    if budget is not None and one_shot and seconds > budget.amount:
         return f"over budget{spent}", None
     acc = pick.score
     return pm(acc.mean(), acc.std(ddof=1) if len(acc) > 1 else np.nan) + spent, float(acc.mean())

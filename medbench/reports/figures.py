@@ -211,14 +211,16 @@ def anytime(frame: pd.DataFrame, title: str) -> str | None:
                             markevery=[0], label=method)
                 continue
             # One point per budget (and the run without one), at the seconds actually spent.
-            stats = (cells.assign(budget=cells.budget.fillna(np.inf)).groupby("budget")
+            labels = [f"{k} {a}" if isinstance(k, str) else "" for k, a in zip(cells.budget_kind, cells.budget,
+                                                                                  strict=True)]
+            stats = (cells.assign(budget=labels).groupby("budget")  # "": the run without a budget
                      .agg(seconds=("seconds", "mean"), mean=("score", "mean"), std=("score", "std"))
                      .sort_values("seconds"))
             x, m, sd = stats.seconds.to_numpy(), 100 * stats["mean"].to_numpy(), 100 * stats["std"].fillna(0).to_numpy()
             ax.plot(x, m, marker="o", ms=3, color=palette[method], label=method)
             ax.fill_between(x, m - sd, m + sd, color=palette[method], alpha=0.15, lw=0)
-            if np.isinf(stats.index).any():  # the run without a budget: open marker
-                full = stats.loc[np.inf]
+            if "" in stats.index:  # the run without a budget: open marker
+                full = stats.loc[""]
                 ax.plot(full.seconds, 100 * full["mean"], marker="o", ms=6, mfc="white", color=palette[method])
         ax.set_xscale("log")
         ax.set_title(f"{Path(dataset).stem} · IPC {ipc}")

@@ -54,6 +54,7 @@ from medbench.core.errors import CellFailed, MedbenchError
 from medbench.data.catalog import load_dataset
 from medbench.data.registry import DEFAULT_DATA_ROOT
 from medbench.data.splits import Splits
+from medbench.distill.budget import Budget
 from medbench.distill.contract import DistillTask, Method, get_method
 from medbench.harness.runner import fingerprint
 from medbench.nn.models import ModelSpec
@@ -155,7 +156,8 @@ class Runner:
             train=splits.train, val=splits.val, num_classes=splits.num_classes, ipc=IPC if self.method.uses_ipc else 0,
             seed=seed, device=splits.device, normalize=splits.normalize, model=model,
             checkpoint_dir=checkpoint_dir or self.workdir / "checkpoints" / f"run{self._runs}", progress=progress,
-            on_checkpoint=lambda it, s, sc: trial.checkpoints.append((it, s, dict(sc))), budget_seconds=budget,
+            on_checkpoint=lambda it, s, sc: trial.checkpoints.append((it, s, dict(sc))),
+            budget=Budget("seconds", budget) if budget is not None else None,
         )
         torch.manual_seed(seed)  # as the harness does, for methods that draw from the global generator
         with watching(self.watch) as opened:

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from medbench.core.devices import to_device
 from medbench.core.errors import CellFailed
 from medbench.core.files import atomic_write_bytes
 from medbench.core.seeds import derived_seed
+from medbench.distill.budget import Meter, Spent
 from medbench.distill.contract import CondensedSet, DistillTask
 from medbench.nn.training import candidate_scores
 from medbench.nn.whitening import ZCA
@@ -83,6 +83,8 @@ class _State:
     momentum: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0  # distillation seconds so far (checkpoint scoring excluded), across resumes
     checkpoints: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)  # (it, seconds, val)
+    cpu_seconds: float = 0.0  # process CPU seconds of the same iterations
+    flops: float = 0.0  # FLOPs of the same iterations (medbench.distill.budget)
 
     _TENSORS = ("images", "labels", "best_images", "best_labels", "generator")
 
@@ -93,6 +95,7 @@ class _State:
         meta = {"digest": digest, "iteration": str(self.iteration), "best_lr": repr(self.best_lr),
                 "best_iteration": str(self.best_iteration), "best_val": repr(self.best_val),
                 "skipped": str(self.skipped), "seconds": repr(self.seconds),
+                "cpu_seconds": repr(self.cpu_seconds), "flops": repr(self.flops),
                 "checkpoints": json.dumps(self.checkpoints)}
         payload = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
         atomic_write_bytes(path, payload)
@@ -116,7 +119,8 @@ class _State:
                    tensors["best_images"], tensors["best_labels"], float(meta["best_lr"]),
                    int(meta["best_iteration"]), float(meta["best_val"]), tensors["generator"],
                    int(meta.get("skipped", 0)), momentum, float(meta.get("seconds", 0.0)),
-                   [tuple(c) for c in json.loads(meta.get("checkpoints", "[]"))])
+                   [tuple(c) for c in json.loads(meta.get("checkpoints", "[]"))],
+                   float(meta.get("cpu_seconds", 0.0)), float(meta.get("flops", 0.0)))
 
 
 def params_digest(params: Any, task: DistillTask, name: str) -> str:
@@ -149,6 +153,10 @@ def val_scores(task: DistillTask, images: torch.Tensor, labels: torch.Tensor, lr
     return candidate_scores(model, images.detach(), set_labels(labels.detach()), task.val.images, task.val.labels,
                             epochs=params.eval_epochs, lr=lr, generator=torch.Generator().manual_seed(seed),
                             augment=augment, prepare=prepare)
+
+
+def _spent(state: _State) -> Spent:
+    return Spent(state.seconds, state.cpu_seconds, state.flops)
 
 
 def _divergence(loss: torch.Tensor, lr: torch.Tensor) -> str:
@@ -235,59 +243,61 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
                 "expert_test_accuracy": None if math.isnan(expert_acc) else expert_acc, "zca": zca is not None,
                 "expert_train_seconds": buffer.train_seconds,  # shared by every cell of the dataset
                 "checkpoints": st.checkpoints,
-                **({"stopped_by_budget": st.iteration} if task.over_budget(st.seconds)
+                "spent": _spent(st).as_dict(), "flops_per_iteration": meter.flops_per_iteration,
+                **({"stopped_by_budget": st.iteration} if task.over_budget(_spent(st))
                    and st.iteration < params.iterations else {}),
                 **({"skipped_updates": st.skipped} if matching.threshold is not None else {}), **matching.info}
         return CondensedSet(st.best_images.detach().float().cpu(), set_labels(st.best_labels.detach()).cpu(),
                             lr=st.best_lr, extras=extras, info=info)
 
-    def snapshot(iteration: int, skipped: int, seconds: float) -> _State:
+    def snapshot(iteration: int, skipped: int, spent: Spent) -> _State:
         momentum = {k: opt.state[tensors[k]]["momentum_buffer"].clone() for k, opt in optimizers.items()
                     if opt.state[tensors[k]].get("momentum_buffer") is not None}
         return dataclasses.replace(state, iteration=iteration, images=images.detach().clone(),
                                    lr=lr.detach().clone(), labels=labels.detach().clone(),
                                    generator=generator.get_state(), skipped=skipped, momentum=momentum,
-                                   seconds=seconds)
+                                   seconds=spent.seconds, cpu_seconds=spent.cpu_seconds, flops=spent.flops)
 
-    skipped, seconds = state.skipped, state.seconds
-    budget_hit = task.over_budget(seconds)
+    skipped = state.skipped
+    meter = Meter(_spent(state))
+    budget_hit = task.over_budget(meter.spent)
     task.report(state.iteration, params.iterations)
     for it in range(state.iteration, params.iterations):
         if budget_hit:
             break
-        started = time.perf_counter()
-        expert = int(torch.randint(buffer.num_experts, (1,), generator=generator))
-        low, high = matching.start_range(it)
-        start_epoch = low + int(torch.randint(high - low, (1,), generator=generator))
-        pair = to_device(buffer.snapshots(expert, [start_epoch, start_epoch + params.expert_epochs]), task.device)
-        plan = plan_unroll(len(labels), batch, params.syn_steps, generator, augment, images.detach())
-        step_size = alpha()
-        out = match(net, images, labels, step_size, pair[0], pair[1], plan, augment, learn_labels=learn_labels,
-                    **extra)
-        # DATM's threshold: an iteration whose matching loss exceeds it changes nothing.
-        if matching.threshold is None or float(out.loss) <= matching.threshold:
-            grad_lr = out.grad_lr * step_size if log_lr else out.grad_lr  # ∂L/∂log α = α ∂L/∂α
-            images.grad, lr.grad = out.grad_images, grad_lr.reshape(lr.shape)
-            if learn_labels:
-                labels.grad = out.grad_labels
-            for opt in optimizers.values():
-                opt.step()
-        else:
-            skipped += 1
-        # One host sync per iteration for all the divergence checks; the reason only on failure.
-        learned = alpha()
-        healthy = (torch.isfinite(out.loss) & torch.isfinite(learned) & (learned > 0) & torch.isfinite(images).all()
-                   & torch.isfinite(labels).all())
-        if not bool(healthy):
-            raise Diverged(it, _divergence(out.loss, learned), result(state, f"diverged at iteration {it}"))
-        seconds += time.perf_counter() - started
+        with meter.iteration():
+            expert = int(torch.randint(buffer.num_experts, (1,), generator=generator))
+            low, high = matching.start_range(it)
+            start_epoch = low + int(torch.randint(high - low, (1,), generator=generator))
+            pair = to_device(buffer.snapshots(expert, [start_epoch, start_epoch + params.expert_epochs]), task.device)
+            plan = plan_unroll(len(labels), batch, params.syn_steps, generator, augment, images.detach())
+            step_size = alpha()
+            out = match(net, images, labels, step_size, pair[0], pair[1], plan, augment, learn_labels=learn_labels,
+                        **extra)
+            # DATM's threshold: an iteration whose matching loss exceeds it changes nothing.
+            if matching.threshold is None or float(out.loss) <= matching.threshold:
+                grad_lr = out.grad_lr * step_size if log_lr else out.grad_lr  # ∂L/∂log α = α ∂L/∂α
+                images.grad, lr.grad = out.grad_images, grad_lr.reshape(lr.shape)
+                if learn_labels:
+                    labels.grad = out.grad_labels
+                for opt in optimizers.values():
+                    opt.step()
+            else:
+                skipped += 1
+            # One host sync per iteration for all the divergence checks; the reason only on failure.
+            learned = alpha()
+            healthy = (torch.isfinite(out.loss) & torch.isfinite(learned) & (learned > 0) & torch.isfinite(images).all()
+                       & torch.isfinite(labels).all())
+            if not bool(healthy):
+                raise Diverged(it, _divergence(out.loss, learned), result(state, f"diverged at iteration {it}"))
+        seconds = meter.spent.seconds
         done = it + 1
         task.report(done, params.iterations)
-        budget_hit = task.over_budget(seconds)
+        budget_hit = task.over_budget(meter.spent)
         if done % params.eval_every == 0 or done == params.iterations or budget_hit:
             learned = float(alpha())
             val = score(images, labels, learned, done, seconds)
-            state = snapshot(done, skipped, seconds)
+            state = snapshot(done, skipped, meter.spent)
             state.checkpoints = [*state.checkpoints, (done, seconds, val)]
             if val > state.best_val:
                 state = dataclasses.replace(state, best_images=images.detach().clone(),
