@@ -19,7 +19,9 @@ from medbench.core.errors import MedbenchError
 from medbench.data import load_dataset
 from medbench.distill.contract import CondensedSet
 from medbench.evaluation import Protocol, evaluate, model_seeds
-from medbench.evaluation.batched import (
+from medbench.evaluation.protocol import train_models
+from medbench.nn.augment import AugmentConfig, SiameseAugment
+from medbench.nn.batched import (
     SMALL_STEP_IMAGES,
     EvalOptions,
     MeanPool2x2,
@@ -28,8 +30,6 @@ from medbench.evaluation.batched import (
     choose_batching,
     per_model_loss,
 )
-from medbench.evaluation.protocol import train_models
-from medbench.nn.augment import AugmentConfig, SiameseAugment
 from medbench.nn.models import ModelSpec
 from medbench.nn.training import TrainingDiverged
 

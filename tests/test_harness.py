@@ -15,7 +15,7 @@ from conftest import FAST, ONE_THREAD
 import medbench
 from medbench.core.errors import CellFailed, MedbenchError
 from medbench.distill.contract import METHODS, register_method
-from medbench.evaluation.batched import EvalOptions
+from medbench.nn.batched import EvalOptions
 from medbench.storage.condensed_io import load_condensed
 from medbench.storage.store import Store
 from medbench.storage.summary import format_summary
@@ -76,7 +76,7 @@ def test_eval_compile_reaches_the_evaluation_and_keeps_the_cell(toy_npz, tmp_pat
     """--eval-compile is a speed option like --eval-batching: the networks are trained through
     torch.compile (here its eager backend, which needs no compiler on a CPU), the numbers and the
     cell id stay those of the plain run, and an unknown mode is refused before any work."""
-    import medbench.evaluation.batched as batched
+    import medbench.nn.batched as batched
 
     monkeypatch.setitem(batched.COMPILE_MODES, "cuda-graphs", EvalOptions(compile="eager"))
     seen = []

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from medbench.data.splits import Split, Splits
-from medbench.evaluation.batched import COMPILE_MODES, EvalOptions, choose_batching
 from medbench.evaluation.protocol import model_seeds, train_models
 from medbench.nn.augment import dsa
+from medbench.nn.batched import COMPILE_MODES, EvalOptions, choose_batching
 from medbench.nn.models import ModelSpec
 
 DEFAULT_OUT = Path("reports/bench")

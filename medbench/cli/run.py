@@ -15,7 +15,7 @@ from medbench.core.files import check_writable
 from medbench.data.registry import DEFAULT_DATA_ROOT
 from medbench.distill.contract import get_method
 from medbench.evaluation import Protocol
-from medbench.evaluation.batched import BATCHINGS, COMPILE_MODES
+from medbench.nn.batched import BATCHINGS, COMPILE_MODES
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
@@ -105,6 +105,9 @@ def add_experts(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=positive(int), help="ConvNet depth (default: by resolution)")
     p.add_argument("--norm", choices=["instance", "batch", "none"], default=DEFAULTS.norm)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--batching", choices=BATCHINGS, default="auto",
+                   help="train the experts one at a time or 10 together (vmap, grouped); the same buffer up to "
+                        "float rounding (default: auto: together only on a GPU at small steps)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_experts)
 
@@ -157,7 +160,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
         start = time.perf_counter()
         buffer = build_buffer(splits, params.expert_config(), resolve_root(params.experts_root),
-                              model=protocol.model_spec(), progress=progress)
+                              model=protocol.model_spec(), progress=progress, batching=args.batching)
     facts = buffer.summary()
     facts["seconds_this_call"] = round(time.perf_counter() - start, 2)
     width = max(map(len, facts))

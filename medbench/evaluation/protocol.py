@@ -21,7 +21,9 @@ from medbench.core.errors import CellFailed
 from medbench.core.hparams import check
 from medbench.data.splits import Splits
 from medbench.distill.contract import CondensedSet
-from medbench.evaluation.batched import (
+from medbench.evaluation.metrics import classification_metrics
+from medbench.nn.augment import dsa
+from medbench.nn.batched import (
     DEFAULT_OPTIONS,
     Ensemble,
     EvalOptions,
@@ -30,8 +32,6 @@ from medbench.evaluation.batched import (
     predict_proba_stacked,
     train_stacked,
 )
-from medbench.evaluation.metrics import classification_metrics
-from medbench.nn.augment import dsa
 from medbench.nn.models import ModelSpec, architecture
 from medbench.nn.training import Augment, TrainingDiverged, predict_proba, train_network
 from medbench.nn.whitening import ZCA
@@ -185,7 +185,7 @@ def train_models(
     on_epoch: Callable[[int, int], None] | None = None,
 ) -> TrainedModels:
     """Train one network per seed on (images, labels): one at a time or together (``batching``,
-    see :func:`medbench.evaluation.batched.choose_batching`); the same numbers either way.
+    see :func:`medbench.nn.batched.choose_batching`); the same numbers either way.
 
     Model ``k`` is built with ``torch.manual_seed(seeds[k])`` (global RNG forked) and trained with
     ``torch.Generator().manual_seed(seeds[k])`` for its data order and augmentation.

@@ -17,7 +17,7 @@ from medbench.data.registry import DATASETS, DEFAULT_DATA_ROOT, MEDMNIST_SIZES
 from medbench.distill.budget import Budget
 from medbench.distill.contract import DEFAULT_SELECTION, SELECTION_METRICS, get_method
 from medbench.evaluation import Protocol
-from medbench.evaluation.batched import BATCHINGS, compile_options
+from medbench.nn.batched import BATCHINGS, compile_options
 from medbench.storage.store import DEFAULT_DB
 
 MAX_SEED = 2**32 - 1

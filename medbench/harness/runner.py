@@ -39,9 +39,9 @@ from medbench.data.catalog import load_dataset
 from medbench.data.splits import Splits
 from medbench.distill.contract import CondensedSet, DistillTask, get_method
 from medbench.evaluation import ModelScore, evaluate
-from medbench.evaluation.batched import compile_options
 from medbench.harness.claims import Claims
 from medbench.harness.grid import Cell, GridSpec, added_baselines, expand
+from medbench.nn.batched import compile_options
 from medbench.storage.condensed_io import save_condensed
 from medbench.storage.provenance import environment
 from medbench.storage.store import CellRecord, ModelRow, Store

@@ -19,7 +19,8 @@ Layout of ``<root>/<key>/``::
     zca.safetensors          the ZCA transform the experts were trained with (only with zca)
 
 Files are written atomically (temporary file + ``os.replace``) and the manifest after every
-expert, so an interrupted build resumes at the next missing expert; a file whose size, header or
+expert (every group of experts trained together, see :func:`build_buffer`'s ``batching``), so an
+interrupted build resumes at the next missing expert; a file whose size, header or
 sha256 disagrees with the manifest is reported in one line and rebuilt. Files are read with
 safetensors (no pickle).
 
@@ -60,6 +61,7 @@ from medbench.core.hparams import check
 from medbench.core.seeds import derived_seed
 from medbench.data.splits import Split, Splits, TrainGeometry
 from medbench.nn.augment import AugmentConfig, dsa
+from medbench.nn.batched import build_ensemble, choose_batching, train_stacked
 from medbench.nn.models import ModelSpec
 from medbench.nn.training import accuracy, backward_in_blocks
 from medbench.nn.whitening import ZCA
@@ -378,6 +380,35 @@ def _train_expert(data: _Data, config: ExpertConfig, index: int, zca: ZCA | None
     return torch.stack(snapshots), model
 
 
+# Experts trained together (``batching`` vmap or grouped) per group of at most this many: one
+# group's snapshots are held in memory until its files are written (the resume granularity).
+EXPERT_GROUP = 10
+
+
+def _train_together(data: _Data, config: ExpertConfig, indices: Sequence[int], zca: ZCA | None, augment: Any,
+                    on_epoch: Callable[[int], None], mode: str) -> list[tuple[torch.Tensor, nn.Module]]:
+    """:func:`_train_expert` for several experts as one computation (:mod:`medbench.nn.batched`):
+    each keeps its seed's initialisation, data order and augmentation draws; the trajectories equal
+    one-at-a-time training up to the batched kernels' rounding (tests/test_mtt_buffer.py)."""
+    seeds_ = [derived_seed(config.seed, i, seeds.EXPERT) for i in indices]
+    models = [build_seeded(data.model, data.channels, data.num_classes, data.size, s, data.device) for s in seeds_]
+    flats = [FlatParams(m) for m in models]
+    snapshots = [[f.flatten().cpu()] for f in flats]
+    ensemble = build_ensemble(mode, models)
+
+    def epoch_done(e: int) -> None:
+        ensemble.unstack(models)
+        for flat, trajectory in zip(flats, snapshots, strict=True):
+            trajectory.append(flat.flatten().cpu())
+        on_epoch(e)
+
+    train_stacked(ensemble, data.train.images, data.train.labels, epochs=config.epochs, lr=config.lr,
+                  generators=[torch.Generator().manual_seed(s) for s in seeds_], momentum=0.0, weight_decay=0.0,
+                  batch_size=config.batch_size, augment=augment, on_epoch=epoch_done, prepare=_prepare(data, zca),
+                  schedule=False)
+    return [(torch.stack(t), m) for t, m in zip(snapshots, models, strict=True)]
+
+
 def _prepare(data: _Data, zca: ZCA | None) -> Callable[[torch.Tensor], torch.Tensor]:
     if zca is None:
         return data.normalize
@@ -393,6 +424,7 @@ def build_buffer(
     progress: Progress | None = None,
     log: Log | None = _stderr,
     verify: bool = False,
+    batching: str = "auto",
 ) -> ExpertBuffer:
     """Build (or finish, or just open) the expert buffer for ``data`` under ``root``.
 
@@ -401,7 +433,10 @@ def build_buffer(
     defaults to ``ModelSpec()`` for splits and to the task's model for a task. Idempotent: when
     every expert file checks out the call only reads the manifest. ``verify=True`` re-hashes
     every file even when its size and mtime are unchanged. ``progress(done, total)`` counts
-    expert epochs; ``log`` gets one line per event (None: silent).
+    expert epochs; ``log`` gets one line per event (None: silent). ``batching``: train the experts
+    one at a time or up to :data:`EXPERT_GROUP` together (:func:`medbench.nn.batched.choose_batching`;
+    ``auto`` follows its measured rule: together only on a GPU at small steps, so at the experts'
+    256 images per step one at a time); speed only, not part of the buffer's key.
     """
     config = config or ExpertConfig()
     say = log or (lambda _m: None)
@@ -491,16 +526,9 @@ def build_buffer(
     augment = make_augment(config.augment, d.channels) if todo else None
     prepare = _prepare(d, zca)
 
-    for i in todo:
-        start = time.perf_counter()
-
-        def on_epoch(e: int, base: int = done) -> None:
-            if progress:
-                progress(base + e, total)
-
-        trajectory, net = _train_expert(d, config, i, zca, augment, on_epoch)
+    def _save_expert(i: int, trajectory: torch.Tensor, net: nn.Module, seconds: float) -> None:
+        nonlocal done
         done += config.epochs
-        seconds = time.perf_counter() - start
         payload = st_save({"trajectory": trajectory.to(config.torch_dtype).contiguous()},
                           metadata={"key": key, "index": str(i)})
         file = path / _expert_file(i)
@@ -517,6 +545,24 @@ def build_buffer(
                               if d.test is not None else None),
         }
         save_manifest()
+
+    mode = choose_batching(batching, device=torch.device(d.device), model=d.model, models=min(len(todo), EXPERT_GROUP),
+                           images_per_step=config.batch_size) if todo else "sequential"
+    size = 1 if mode == "sequential" else EXPERT_GROUP
+    for group in [todo[k : k + size] for k in range(0, len(todo), size)]:
+        start = time.perf_counter()
+
+        def on_epoch(e: int, base: int = done, n: int = len(group)) -> None:
+            if progress:
+                progress(base + n * e, total)
+
+        if mode == "sequential":
+            trained = [_train_expert(d, config, group[0], zca, augment, on_epoch)]
+        else:
+            trained = _train_together(d, config, group, zca, augment, on_epoch, mode)
+        seconds = (time.perf_counter() - start) / len(group)  # one computation: an equal share each
+        for i, (trajectory, net) in zip(group, trained, strict=True):
+            _save_expert(i, trajectory, net, seconds)
 
     # A buffer first built from a task lacks test accuracies: fill them in from the final epoch.
     if d.test is not None and any(e.get("test_accuracy") is None for e in experts.values()):

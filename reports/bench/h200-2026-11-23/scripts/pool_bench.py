@@ -3,7 +3,7 @@ import time
 
 import torch
 
-import medbench.evaluation.batched as B
+import medbench.nn.batched as B
 from medbench.bench.measure import Settings, _condensed, _spec
 from medbench.evaluation.protocol import model_seeds, train_models
 

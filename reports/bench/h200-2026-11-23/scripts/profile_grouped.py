@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-import medbench.evaluation.batched as B
+import medbench.nn.batched as B
 from medbench.bench.measure import Settings, _condensed, _spec
 from medbench.evaluation.protocol import model_seeds, train_models
 

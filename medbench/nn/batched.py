@@ -1,4 +1,5 @@
-"""The K evaluation networks of a cell trained together, as one computation (issue 7).
+"""K networks trained together, as one computation: a cell's K evaluation networks (issue 7) and
+MTT's expert buffer (issue 26).
 
 Evaluating a condensed set trains K small networks on a few dozen images each; one such
 network is launch-bound on a GPU (≈ 290 SGD steps/s on an H100 whatever the batch), so the K
@@ -364,9 +365,13 @@ def train_stacked(
     augment: Augment | None = None,
     on_epoch: Callable[[int], None] | None = None,
     options: EvalOptions = DEFAULT_OPTIONS,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    schedule: bool = True,
 ) -> Ensemble:
     """``training.train_network`` for K models at once: model ``k`` draws its data order and
-    augmentation from ``generators[k]`` exactly as a sequential run with that generator would."""
+    augmentation from ``generators[k]`` exactly as a sequential run with that generator would.
+    ``prepare``: what a gathered batch of raw images becomes before augmentation (e.g. normalised);
+    ``schedule=False``: a constant lr (MTT's experts) instead of the ÷10 at half the epochs."""
     if len(generators) != ensemble.k:
         raise ValueError(f"{len(generators)} generators for {ensemble.k} models")
     ensemble.train()
@@ -374,11 +379,14 @@ def train_stacked(
     n = images.shape[0]
     autocast = options.autocast(images.device)
     for epoch in range(epochs):
-        apply_schedule(optimizer, lr, epoch, epochs)
+        if schedule:
+            apply_schedule(optimizer, lr, epoch, epochs)
         orders = to_device(torch.stack([torch.randperm(n, generator=g) for g in generators]), images.device)
         for start in range(0, n, batch_size):
             batch = orders[:, start : start + batch_size]  # (K, B)
             x = images[batch]  # (K, B, C, H, W)
+            if prepare is not None:
+                x = prepare(x.flatten(0, 1)).view(*batch.shape, *x.shape[2:])
             if augment is not None:
                 x = augment_stacked(augment, x, generators)
             with autocast:
