@@ -42,7 +42,7 @@ def without_timings(info: dict) -> dict:
     the checkpoints' iterations and val scores stay."""
     out = dict(info)
     if "spent" in out:  # FLOPs are counted, not timed: they stay
-        out["spent"] = {"flops": out["spent"]["flops"]}
+        out["spent"] = {"flops": out["spent"]["flops"]}  # None: not counted
     if "checkpoints" in out:
         out["checkpoints"] = [(it, val) for it, _seconds, val in out["checkpoints"]]
     return out

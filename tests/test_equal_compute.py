@@ -58,7 +58,8 @@ def test_a_flop_budget_stops_a_method_where_the_counted_flops_reach_it(method, i
                     "expert_epochs": 2, "syn_steps": 3, "iterations": 10, "eval_every": 2, "eval_epochs": 2,
                     "augment": False, "experts_root": str(tmp_path), "implementation": implementation}}[method]
     params = get_method(method).make_params(args)
-    full = get_method(method).run(task, params)
+    assert get_method(method).run(task, params).info["spent"]["flops"] is None  # counted under a FLOP budget only
+    full = get_method(method).run(dataclasses.replace(task, budget=Budget("flops", 1e30)), params)
     per_iteration = full.info["flops_per_iteration"]
     assert per_iteration > 0 and full.info["spent"]["flops"] == pytest.approx(10 * per_iteration)
     budget = Budget("flops", 2.5 * per_iteration)  # reached at the end of iteration 3

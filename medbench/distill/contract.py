@@ -159,6 +159,11 @@ class DistillTask(TrainGeometry):
         """The budget's amount when it is wall-clock seconds (what methods before other kinds read)."""
         return self.budget.amount if self.budget is not None and self.budget.kind == "seconds" else None
 
+    @property
+    def counts_flops(self) -> bool:
+        """Whether iterations are FLOP-counted (only under a FLOP budget: :mod:`medbench.distill.budget`)."""
+        return self.budget is not None and self.budget.kind == "flops"
+
     def over_budget(self, spent: Spent | float) -> bool:
         """Whether an iterative method has spent its distillation budget: ``spent`` from a
         :class:`~medbench.distill.budget.Meter`, or (a method counting only those) wall-clock seconds."""

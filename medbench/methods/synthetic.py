@@ -196,7 +196,7 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
     window: list[torch.Tensor] = []
     if on_resume is not None:
         on_resume(state.iteration)
-    meter = Meter(Spent(state.seconds, state.cpu_seconds, state.flops))
+    meter = Meter(Spent(state.seconds, state.cpu_seconds, state.flops), count_flops=task.counts_flops)
     budget_hit = task.over_budget(meter.spent)
     for it in range(state.iteration, params.iterations):
         if budget_hit:
@@ -239,7 +239,7 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
               "selection_metric": task.selection_metric, "val_score": state.best_accuracy,
               "iterations": params.iterations, "val_history": state.history,
               "matching_loss": state.losses, "checkpoints": state.checkpoints,
-              "spent": spent.as_dict(), "flops_per_iteration": meter.flops_per_iteration,
+              "spent": spent.as_dict(task.counts_flops), "flops_per_iteration": meter.flops_per_iteration,
               **({"stopped_by_budget": state.iteration} if task.over_budget(spent)
                  and state.iteration < params.iterations else {})},
     )

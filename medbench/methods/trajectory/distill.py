@@ -243,7 +243,7 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
                 "expert_test_accuracy": None if math.isnan(expert_acc) else expert_acc, "zca": zca is not None,
                 "expert_train_seconds": buffer.train_seconds,  # shared by every cell of the dataset
                 "checkpoints": st.checkpoints,
-                "spent": _spent(st).as_dict(), "flops_per_iteration": meter.flops_per_iteration,
+                "spent": _spent(st).as_dict(task.counts_flops), "flops_per_iteration": meter.flops_per_iteration,
                 **({"stopped_by_budget": st.iteration} if task.over_budget(_spent(st))
                    and st.iteration < params.iterations else {}),
                 **({"skipped_updates": st.skipped} if matching.threshold is not None else {}), **matching.info}
@@ -259,7 +259,7 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
                                    seconds=spent.seconds, cpu_seconds=spent.cpu_seconds, flops=spent.flops)
 
     skipped = state.skipped
-    meter = Meter(_spent(state))
+    meter = Meter(_spent(state), count_flops=task.counts_flops)
     budget_hit = task.over_budget(meter.spent)
     task.report(state.iteration, params.iterations)
     for it in range(state.iteration, params.iterations):
