@@ -57,6 +57,32 @@ def test_recompute_gradient_equals_unrolled(augmented, checkpoint_every):
     assert torch.allclose(got.grad_lr, ref.grad_lr, rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("soft", [False, True])
+def test_blocked_student_steps_give_the_same_gradients(monkeypatch, soft):
+    """Cache-sized blocks inside each student step (forced to one image here): the same loss and
+    gradients as one pass over the batch, for both implementations, hard and learned soft labels."""
+    from medbench.nn import blocking
+
+    net, images, labels, start, target = tiny_problem()
+    if soft:
+        labels = torch.randn(len(images), 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    augment = SiameseAugment(AugmentConfig(), 3)
+    plan = plan_unroll(len(images), 4, 5, torch.Generator().manual_seed(1), augment, images)
+    lr = torch.tensor(0.5, dtype=torch.float64)
+    whole = [impl(net, images, labels, lr, start, target, plan, augment, learn_labels=soft)
+             for impl in (match_unrolled, match_recompute)]
+    monkeypatch.setattr(blocking, "BLOCK_BYTES", 1)
+    assert blocking.block_size(net.module, images[:4]) == 1
+    blocked = [impl(net, images, labels, lr, start, target, plan, augment, learn_labels=soft)
+               for impl in (match_unrolled, match_recompute)]
+    for ref, got in zip(whole, blocked, strict=True):
+        assert float(got.loss) == pytest.approx(float(ref.loss), rel=1e-12)
+        assert torch.allclose(got.grad_images, ref.grad_images, rtol=0, atol=1e-10 * ref.grad_images.abs().max())
+        assert torch.allclose(got.grad_lr, ref.grad_lr, rtol=1e-10, atol=0)
+        if soft:
+            assert torch.allclose(got.grad_labels, ref.grad_labels, rtol=0, atol=1e-10 * ref.grad_labels.abs().max())
+
+
 def test_published_tesla_estimate_is_only_approximate():
     """TESLA's code keeps λ = ∂L/∂θ_J for every step (no Hessian terms): not the exact gradient."""
     net, images, labels, start, target = tiny_problem()

@@ -55,16 +55,21 @@ def in_blocks(fn: Callable[[torch.Tensor], torch.Tensor], net: nn.Module, images
 
 
 def gradients(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, params: list[torch.Tensor],
-              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+              loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+              forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              create_graph: bool = False) -> tuple[torch.Tensor, ...]:
     """d mean-``loss`` / d ``params`` over a batch, accumulated block by block (each block's mean loss
-    weighted by its share): the batch's gradient up to float rounding."""
+    weighted by its share): the batch's gradient up to float rounding. ``forward``: how images become
+    logits (default ``net``, which also sizes the blocks; trajectory matching calls the network on a
+    parameter vector); ``create_graph``: keep the gradient differentiable (MTT's unroll)."""
+    forward = forward if forward is not None else net
     block = block_size(net, images)
     n = images.shape[0]
     if block >= n:
-        return torch.autograd.grad(loss(net(images), labels), params)
+        return torch.autograd.grad(loss(forward(images), labels), params, create_graph=create_graph)
     total: tuple[torch.Tensor, ...] | None = None
     for xb, yb in zip(images.split(block), labels.split(block), strict=True):
-        part = torch.autograd.grad(loss(net(xb), yb) * (xb.shape[0] / n), params)
+        part = torch.autograd.grad(loss(forward(xb), yb) * (xb.shape[0] / n), params, create_graph=create_graph)
         total = part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
     assert total is not None
     return total

@@ -189,9 +189,8 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
     def estimate() -> int:  # the unrolled graph of one iteration, from a plan drawn on a copy of the stream
         probe = torch.Generator().manual_seed(task.seed)
         plan = plan_unroll(len(matching.labels), batch, params.syn_steps, probe, augment, matching.images)
-        start = buffer.snapshots(0, [0])[0].to(task.device)
-        return unrolled_bytes(net, matching.images, matching.labels, torch.tensor(params.lr_teacher), start, plan,
-                              augment)
+        return unrolled_bytes(net, matching.images, matching.labels, torch.tensor(params.lr_teacher),
+                              net.flatten().to(task.device), plan, augment)  # any start: shapes decide
 
     implementation, unrolled_need = choose_implementation(params.implementation, budget, estimate)
     params = dataclasses.replace(params, implementation=implementation)  # resumes only on the same path

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from medbench.core.devices import to_device
+from medbench.nn.blocking import gradients
 from medbench.nn.training import loss_fn
 
 from .buffer import FlatParams
@@ -99,7 +100,9 @@ def _batch(images: torch.Tensor, step: Step, augment: Any | None) -> torch.Tenso
 
 def _step_grad(net: FlatParams, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                create_graph: bool) -> torch.Tensor:
-    return torch.autograd.grad(loss_fn(net(theta, x), targets(y)), theta, create_graph=create_graph)[0]
+    """The student's gradient on a batch, in cache-sized blocks on a CPU (:mod:`medbench.nn.blocking`)."""
+    return gradients(net.module, x, y, [theta], lambda logits, yb: loss_fn(logits, targets(yb)),
+                     forward=lambda xb: net(theta, xb), create_graph=create_graph)[0]
 
 
 def match_unrolled(net: FlatParams, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
