@@ -191,6 +191,17 @@ def test_auto_unrolls_when_the_graph_fits_the_memory_budget(task, experts_root, 
     assert torch.equal(out.images, same.images)  # auto is the chosen implementation, nothing else
 
 
+def test_the_implementations_are_one_cell():
+    from medbench.evaluation import Protocol
+    from medbench.harness.grid import Cell
+
+    def cell_id(**values):
+        return Cell("mtt", "x", 28, 1, 0, dataclasses.asdict(MTTParams(**values)), Protocol()).cell_id
+
+    assert cell_id() == cell_id(implementation="tesla") == cell_id(implementation="unrolled")
+    assert cell_id() != cell_id(syn_steps=10)
+
+
 def test_counted_graph_grows_with_the_unroll():
     from medbench.methods.trajectory.unroll import unrolled_bytes
 

@@ -72,9 +72,11 @@ def render(results: dict[str, Any]) -> str:
     """The Markdown report."""
     m, s = results["machine"], results["settings"]
     out = [f"# medbench bench — {results['device_slug']} — {results['date']}", ""]
-    if m["device"].startswith("cpu"):
-        out += ["**CPU run.** GPU-only options (bf16 autocast, channels-last, torch.compile, cuDNN benchmark; "
-                "`EvalOptions`) are **not measured** in this report and stay off by default.", ""]
+    if m["device"].startswith("cpu") and not results.get("options"):
+        bf16 = (" bf16 autocast is timed in the kernels section (its accuracy: `reports/bf16/`); the other"
+                if results.get("kernels") else " GPU-only")
+        out += [f"**CPU run.**{bf16} speed options (channels-last, torch.compile, cuDNN benchmark; `EvalOptions`) "
+                "are **not measured** in this report and stay off by default.", ""]
     busy = busy_warning(results.get("load_start"), m.get("cpu_count"))
     if busy:
         out += [busy, ""]

@@ -97,13 +97,20 @@ def as_dict(params: Any) -> dict[str, Any]:
 # stored cells keep their ids (any other value, the new default included, makes new cells).
 SINCE_KEY = "identity_omits"
 
+# Field metadata key: a speed-only setting (every value computes the same result up to float
+# rounding, e.g. how MTT's gradient is computed) names the one value it always enters a cell's
+# identity as, so all its values are one cell (the value stored cells were made with keeps their ids).
+SPEED_ONLY_KEY = "identity_as"
+
 
 def identity(params_type: type, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` as they enter a cell's identity (see :data:`SINCE_KEY`)."""
+    """``values`` as they enter a cell's identity (see :data:`SINCE_KEY`, :data:`SPEED_ONLY_KEY`)."""
     if not dataclasses.is_dataclass(params_type):
         return values
-    omit = {f.name: f.metadata[SINCE_KEY] for f in dataclasses.fields(params_type) if SINCE_KEY in f.metadata}
-    return {k: v for k, v in values.items() if not (k in omit and v == omit[k])}
+    fields = dataclasses.fields(params_type)
+    omit = {f.name: f.metadata[SINCE_KEY] for f in fields if SINCE_KEY in f.metadata}
+    same = {f.name: f.metadata[SPEED_ONLY_KEY] for f in fields if SPEED_ONLY_KEY in f.metadata}
+    return {k: same.get(k, v) for k, v in values.items() if not (k in omit and v == omit[k])}
 
 
 def check(condition: bool, message: str) -> None:

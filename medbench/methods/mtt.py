@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from medbench.core.hparams import SINCE_KEY, check
+from medbench.core.hparams import SINCE_KEY, SPEED_ONLY_KEY, check
 from medbench.distill.contract import CondensedSet, DistillTask, register_method
 from medbench.distill.space import Dim
 from medbench.methods import synthetic as syn
@@ -61,8 +61,9 @@ class MTTParams(BufferParams):
     batch_syn: int | None = None  # None: all synthetic images in every step
     iterations: int = 5000
     init: Literal["real", "noise"] = "real"
-    # The gradient's implementation: all three give the same gradient (the official code unrolls).
-    implementation: Literal["auto", "tesla", "unrolled"] = "auto"
+    # The gradient's implementation: all three give the same gradient (the official code unrolls), so
+    # they are one cell (identity "tesla", the only implementation before issue 26's auto).
+    implementation: Literal["auto", "tesla", "unrolled"] = field(default="auto", metadata={SPEED_ONLY_KEY: "tesla"})
     checkpoint_every: int | None = None  # tesla: θ checkpoint spacing; None: ⌈√J⌉, 1: keep all
     eval_every: int = 500  # evaluate (on val) and save a resumable checkpoint this often
     eval_epochs: int = 300  # epochs of the quick network trained on the set to score it on val

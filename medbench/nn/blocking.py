@@ -14,12 +14,15 @@ depend on the batch; networks that normalise per image (instance norm) give the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-BLOCK_BYTES = 8 * 2**20  # the first activation of one block, float32
+# The first activation of one block, float32. ``MEDBENCH_CPU_BLOCK_BYTES`` overrides it for a whole
+# run (its worker processes inherit it); 0 turns blocks off: how speed-only equivalence is measured.
+BLOCK_BYTES = int(os.environ.get("MEDBENCH_CPU_BLOCK_BYTES", 8 * 2**20)) or 2**62
 
 
 def first_width(net: nn.Module) -> int | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from medbench.nn.blocking import BLOCK_BYTES
+from medbench.nn import blocking
 
 PACKAGES = ("medbench", "torch", "torchvision", "numpy", "medmnist", "kornia", "scikit-learn", "scipy")
 
@@ -49,5 +49,5 @@ def environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels' instruction set (AVX2, ...)
         # the compute path: forward/backward passes in cache-sized blocks on a CPU (medbench.nn.blocking)
-        "cpu_block_bytes": BLOCK_BYTES if device.type == "cpu" else None,
+        "cpu_block_bytes": blocking.BLOCK_BYTES if device.type == "cpu" else None,
     }
