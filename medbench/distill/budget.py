@@ -15,10 +15,10 @@ Three measures of what an iteration costs, recorded with every cell (FLOPs where
   step's time (Python dispatch per operator). The same on any machine and under any load: the
   budget for equal-compute comparisons across methods and machines.
 
-  Counted only in cells with a FLOP budget: with any Python dispatch mode active (the counter is
-  one) kornia's affine warp, used by DSA, rounds differently (2e-6 relative on one DM step,
-  measured), so counting would change the sets of runs that never asked for it; a cell with a FLOP
-  budget is its own cell, and its counted iterations are part of it.
+  Counted only in cells with a FLOP budget: with a Python dispatch mode active (the counter is one,
+  and it also decomposes operators its registry lacks) DSA's affine warp rounds differently (2e-6
+  relative on one DM step, measured), so counting would change the sets of runs that never asked
+  for it; a cell with a FLOP budget is its own cell, and its counted iterations are part of it.
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from medbench.core.errors import MedbenchError
@@ -104,33 +101,12 @@ class _Global:
         return None
 
 
-class _Count(TorchDispatchMode):
-    """Every operator runs as it would without the mode; those in torch's FLOP registry are counted
-    with its formulas. FlopCounterMode's own mode also *decomposes* operators missing from the
-    registry, to find products inside them: that changes the arithmetic (DSA's affine warp differed
-    by 2e-6 relative), and a meter must never change a result. Convolutions and matrix products
-    reach the dispatcher whole, so nothing is lost for the networks measured here."""
-
-    def __init__(self, counter: FlopCounterMode) -> None:
-        super().__init__()
-        self.counter = counter
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if isinstance(func, torch._ops.OpOverload):
-            self.counter._count_flops(func._overloadpacket, out, args, kwargs)
-        return out
-
-
-@contextlib.contextmanager
-def flop_counter() -> Iterator[FlopCounterMode]:
-    """A ``torch.utils.flop_counter.FlopCounterMode`` (its formulas, its ``get_total_flops()``) that
-    counts without changing what runs (see :class:`_Count`)."""
+def flop_counter() -> FlopCounterMode:
+    """torch's ``FlopCounterMode`` (its formulas, its ``get_total_flops()``) without per-module
+    attribution (:class:`_Global`)."""
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _Global()
-    with _Count(counter):
-        yield counter
+    return counter
 
 
 class Meter:
