@@ -38,7 +38,8 @@ def cells(db: str) -> pd.DataFrame:
 
 
 def table(on: pd.DataFrame, off: pd.DataFrame) -> str:
-    both = on.join(off[["score", "seconds", "sha256", "blocks"]], rsuffix="_off", how="inner")
+    both = on.merge(off[["score", "seconds", "sha256", "blocks"]], left_index=True, right_index=True,
+                    suffixes=("", "_off"))
     rows = []
     groups = [*both.groupby(["dataset", "ipc", "method"]), (("all", "", ""), both)]
     for (dataset, ipc, method), g in groups:
