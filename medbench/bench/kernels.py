@@ -1,7 +1,8 @@
 """The ``kernels`` section of ``medbench bench``: the steps distillation and evaluation spend their time
 in, at the official ConvNet width (128, depth 3, instance norm, 8 classes, 28 px RGB; evaluation also
-at width 32), each timed *before* issue 26 (one pass over the batch, MTT's recompute gradient) and
-*after* it (cache-sized blocks, :mod:`medbench.nn.blocking`; MTT's ``implementation=auto``), the
+at width 32), each timed *before* issue 26 (one pass over the batch, ``avg_pool2d``, MTT's recompute
+gradient) and *after* it (cache-sized blocks, :mod:`medbench.nn.blocking`; the depthwise pool,
+:class:`~medbench.nn.models.convnet.AvgPool2x2`; MTT's ``implementation=auto``), the
 two interleaved, the median of the repeats; evaluation steps also under bf16 autocast.
 
 Beside each time: its FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
@@ -28,6 +29,7 @@ from medbench.distill.budget import flop_counter
 from medbench.nn import blocking
 from medbench.nn.augment import dsa
 from medbench.nn.models import ModelSpec
+from medbench.nn.models.convnet import AvgPool2x2
 from medbench.nn.training import backward_in_blocks, predict_proba
 
 WIDTH, CLASSES, SIZE, CHANNELS = 128, 8, 28, 3
@@ -247,25 +249,30 @@ def bench_kernels(s: Any, device: torch.device, log: Callable[[str], None]) -> d
     rows = []
     saved = blocking.BLOCK_BYTES
     blocks = {"before": 2**62, "after": saved, "bf16": saved}
+
+    def switch(variant: str) -> None:  # the code paths before issue 26: one pass, avg_pool2d
+        blocking.BLOCK_BYTES = blocks[variant]
+        AvgPool2x2.depthwise = variant != "before"
+
     try:
         for spec in STEPS:
             variants = ("before", "after", "bf16") if spec.bf16 else ("before", "after")
             steps, flops = {}, {}
             for variant in variants:
-                blocking.BLOCK_BYTES = blocks[variant]
+                switch(variant)
                 steps[variant] = spec.make(variant)
                 flops[variant] = _count_flops(steps[variant])  # also the warm-up of a long step
             times: dict[str, list[float]] = {v: [] for v in variants}
             repeats = min(s.repeats, spec.repeats or s.repeats)
             for _ in range(repeats):
                 for variant in variants:
-                    blocking.BLOCK_BYTES = blocks[variant]
+                    switch(variant)
                     if spec.repeats is None:
                         steps[variant]()  # warm-up for this variant's shapes
                     start = time.perf_counter()
                     steps[variant]()
                     times[variant].append(time.perf_counter() - start)
-            blocking.BLOCK_BYTES = saved
+            switch("after")
             vendor = _vendor_share(steps["after"])
             median = {v: statistics.median(t) for v, t in times.items()}
             before, after = median["before"], median["after"]
@@ -283,7 +290,7 @@ def bench_kernels(s: Any, device: torch.device, log: Callable[[str], None]) -> d
                 f"{row['gflops']:6.1f} GFLOP/s = {row['of_peak']:.0%} of fp32 peak, {vendor:.0%} in conv/matmul"
                 + (f"; bf16 {median['bf16']:.3f} s" if spec.bf16 else ""))
     finally:
-        blocking.BLOCK_BYTES = saved
+        switch("after")
     return {"peak_flops": peak, "threads": torch.get_num_threads(), "rows": rows}
 
 
@@ -293,8 +300,8 @@ def render_kernels(k: dict[str, Any]) -> list[str]:
     peak = k["peak_flops"]
     out = ["## Kernels: before and after issue 26, FLOP/s against the measured peak", "",
            f"ConvNet depth 3, instance norm, {CLASSES} classes, {SIZE} px RGB, width {WIDTH} unless named; "
-           f"{k['threads']} thread(s). Before: one pass over each batch, MTT/DATM's recompute gradient; after: "
-           "cache-sized blocks, `implementation=auto`. Measured peak: "
+           f"{k['threads']} thread(s). Before: one pass over each batch, `avg_pool2d`, MTT/DATM's recompute "
+           "gradient; after: cache-sized blocks, the depthwise 2×2 pool, `implementation=auto`. Measured peak: "
            f"{peak['float32'] / 1e9:.1f} GFLOP/s fp32, {peak['bfloat16'] / 1e9:.1f} GFLOP/s bf16 (2048² matrix "
            "product). FLOPs: FlopCounterMode (convolutions and matrix products, forward and backward; of the after "
            "path). \"conv/matmul\": the after step's CPU time in those kernels (torch.profiler). bf16: the after "

@@ -18,12 +18,34 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medbench.core.errors import MedbenchError
 from medbench.nn.models.registry import register_model
 
 Norm = Literal["instance", "batch", "none"]
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(2)`` that, on a CPU, runs as a depthwise convolution with a constant 0.25
+    kernel: bit-identical outputs and input gradients (each input pixel enters one output with
+    weight 0.25 either way; tests/test_models.py), 1.53× faster forward + backward on a 16 × 128 ×
+    28 × 28 block (measured, issue 26), where pooling took ~20 % of DC's and evaluation's steps. A
+    subclass, so whatever handles ``nn.AvgPool2d`` (the grouped trainer) handles it unchanged."""
+
+    depthwise = True  # class-wide; False: plain avg_pool2d (what `medbench bench` times as "before")
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not self.depthwise or x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu")):  # autocast would run the convolution in bf16
+            return super().forward(x)
+        channels = x.shape[1]
+        kernel = torch.full((channels, 1, 2, 2), 0.25, dtype=x.dtype)
+        return F.conv2d(x, kernel, stride=2, groups=channels)
 
 
 def default_depth(size: int) -> int:
@@ -57,7 +79,7 @@ class ConvNet(nn.Module):
         in_channels = channels
         for d in range(depth):
             blocks += [nn.Conv2d(in_channels, width, 3, padding=first_pad if d == 0 else 1), _norm(norm, width),
-                       nn.ReLU(), nn.AvgPool2d(2)]
+                       nn.ReLU(), AvgPool2x2()]
             in_channels = width
         self.features = nn.Sequential(*blocks, nn.Flatten())
         side = (size + 2 * first_pad - 2) >> depth  # AvgPool2d(2) floors, exactly as a right shift
