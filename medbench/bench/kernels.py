@@ -75,42 +75,37 @@ def _train_step(batch: int, width: int | None = None, augment: bool = False,
     return step
 
 
-def _dm_iteration(ipc: int, batch_real: int = 256) -> Callable[[], Any]:
-    from medbench.methods.dm import embedding_gap
-
+def _image_update(ipc: int, batch_real: int, lr: float, frozen: bool,
+                  loss_of: Callable[[torch.nn.Module, Any, torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
+    """One update of 8 × ``ipc`` synthetic images on ``loss_of(net, task, images)`` (DM, DC)."""
     task = _task(ipc, batch_real)
     images = torch.randn(CLASSES * ipc, CHANNELS, SIZE, SIZE, requires_grad=True)
-    optimizer = torch.optim.SGD([images], lr=1.0, momentum=0.5)
+    optimizer = torch.optim.SGD([images], lr=lr, momentum=0.5)
     net = _net()
-    for w in net.parameters():
-        w.requires_grad_(False)
+    net.requires_grad_(not frozen)
 
     def step() -> None:
-        loss = embedding_gap(net, task, images, torch.Generator().manual_seed(1), batch_real=batch_real,
-                             augment=None)[0]
+        loss = loss_of(net, task, images)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     return step
+
+
+def _dm_iteration(ipc: int, batch_real: int = 256) -> Callable[[], Any]:
+    from medbench.methods.dm import embedding_gap
+
+    return _image_update(ipc, batch_real, 1.0, True, lambda net, task, images: embedding_gap(
+        net, task, images, torch.Generator().manual_seed(1), batch_real=batch_real, augment=None)[0])
 
 
 def _dc_outer(ipc: int, batch_real: int = 256) -> Callable[[], Any]:
     from medbench.methods.dc import DISTANCES, gradient_loss
 
-    task = _task(ipc, batch_real)
-    images = torch.randn(CLASSES * ipc, CHANNELS, SIZE, SIZE, requires_grad=True)
-    optimizer = torch.optim.SGD([images], lr=0.1, momentum=0.5)
-    net = _net()
-
-    def step() -> None:
-        loss = gradient_loss(net, task, images, torch.Generator().manual_seed(1), batch_real=batch_real,
-                             distance=DISTANCES["ours"], augment=None)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return _image_update(ipc, batch_real, 0.1, False, lambda net, task, images: gradient_loss(
+        net, task, images, torch.Generator().manual_seed(1), batch_real=batch_real, distance=DISTANCES["ours"],
+        augment=None))
 
 
 def _scoring(n: int) -> Callable[[], Any]:

@@ -11,6 +11,8 @@ on the CPU it is the identity.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from medbench.core.errors import MedbenchError
@@ -57,8 +59,6 @@ def free_bytes(device: torch.device | str) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
-
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

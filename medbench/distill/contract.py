@@ -155,11 +155,6 @@ class DistillTask(TrainGeometry):
         return scores[self.selection_metric]
 
     @property
-    def budget_seconds(self) -> float | None:
-        """The budget's amount when it is wall-clock seconds (what methods before other kinds read)."""
-        return self.budget.amount if self.budget is not None and self.budget.kind == "seconds" else None
-
-    @property
     def counts_flops(self) -> bool:
         """Whether iterations are FLOP-counted (only under a FLOP budget: :mod:`medbench.distill.budget`)."""
         return self.budget is not None and self.budget.kind == "flops"

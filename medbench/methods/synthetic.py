@@ -203,7 +203,6 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
             break
         with meter.iteration():
             window.append(step(images, optimizer, iteration_generator(task, it)).detach())
-        seconds = meter.spent.seconds
         done = it + 1
         task.report(done, params.iterations)
         budget_hit = task.over_budget(meter.spent)
@@ -216,6 +215,7 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
                 where = f"at iteration {done - len(window) + int(bad[0]) + 1}" if len(bad) else f"by iteration {done}"
                 raise CellFailed(f"{name} diverged {where} (non-finite matching loss or images; "
                                  f"lr_img {params.lr_img:g})")
+            seconds = meter.spent.seconds
             acc = evaluate(images, done, seconds)
             state.history.append((done, acc))
             state.checkpoints.append((done, seconds, acc))
@@ -224,7 +224,7 @@ def distill(task: DistillTask, params: Any, *, name: str, step: Step, augment: S
             if acc > state.best_accuracy:
                 state.best_images, state.best_iteration, state.best_accuracy = images.detach().clone(), done, acc
             state.iteration, state.images, state.optimizer = done, images.detach(), optimizer.state_dict()
-            state.seconds, state.cpu_seconds, state.flops = seconds, meter.spent.cpu_seconds, meter.spent.flops
+            state.seconds, state.cpu_seconds, state.flops = dataclasses.astuple(meter.spent)
             if on_save is not None and path is not None:
                 on_save(done)
             _save(path, fingerprint, state)

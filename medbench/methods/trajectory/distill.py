@@ -289,12 +289,12 @@ def match_trajectories(task: DistillTask, params: Any, buffer: ExpertBuffer, mat
                        & torch.isfinite(labels).all())
             if not bool(healthy):
                 raise Diverged(it, _divergence(out.loss, learned), result(state, f"diverged at iteration {it}"))
-        seconds = meter.spent.seconds
         done = it + 1
         task.report(done, params.iterations)
         budget_hit = task.over_budget(meter.spent)
         if done % params.eval_every == 0 or done == params.iterations or budget_hit:
             learned = float(alpha())
+            seconds = meter.spent.seconds
             val = score(images, labels, learned, done, seconds)
             state = snapshot(done, skipped, meter.spent)
             state.checkpoints = [*state.checkpoints, (done, seconds, val)]
